@@ -1,0 +1,230 @@
+"""The Runtype messaging API client: list pages, conversation details, messages.
+
+Policy lives here (auth header, timeouts, retries, pacing, size limit, no redirects); the I/O is
+an httpx transport that tests may swap. Errors are translated into syncer.errors in one place,
+`_request`. The key is only ever in the Authorization header: never in a URL, log or error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from . import __version__, retry
+from .config import Settings
+from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, ProtocolError,
+                     RetriesExhausted, RetryableError)
+from .validate import problem
+
+log = logging.getLogger(__name__)
+
+CONVERSATIONS = "/v1/messaging/conversations"
+USER_AGENT = f"syncer/{__version__} (+Runtype mirror)"
+MESSAGE_PAGE = 100
+
+
+@dataclass
+class Counters:
+    requests: int = 0
+    retries: int = 0
+    throttled: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def snapshot(self) -> dict[str, int]:
+        return {"requests": self.requests, "retries": self.retries, "throttled": self.throttled}
+
+
+@dataclass
+class ListPage:
+    records: list
+    next_cursor: str | None
+    has_more: bool
+    total_count: int | None
+    server_time: datetime
+
+
+def conversation_path(cid: str) -> str:
+    segment = quote(cid, safe="")
+    if segment in (".", ".."):
+        segment = segment.replace(".", "%2E")
+    return f"{CONVERSATIONS}/{segment}"
+
+
+def _server_time(response: httpx.Response) -> datetime:
+    date = response.headers.get("date")
+    if date:
+        try:
+            return parsedate_to_datetime(date).astimezone(timezone.utc)
+        except (TypeError, ValueError):
+            pass
+    return datetime.now(timezone.utc)
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return ""
+    if isinstance(data, dict):
+        parts = [str(data[k])[:200] for k in ("error", "message") if data.get(k)]
+        return ": ".join(parts)
+    return ""
+
+
+class RuntypeClient:
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None):
+        key = settings.require_key()
+        self.settings = settings
+        self.counters = Counters()
+        self.pacer = retry.Pacer()
+        pool = settings.concurrency + 2
+        self._http = httpx.Client(
+            base_url=settings.base_url,
+            headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT,
+                     "Accept": "application/json"},
+            timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            follow_redirects=False,
+            transport=transport,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "RuntypeClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- endpoints ---------------------------------------------------------------------------
+    def list_conversations(self, *, cursor: str | None, limit: int, status: str,
+                           surface_id: str | None = None) -> ListPage:
+        params: dict[str, str | int] = {"limit": limit, "status": status}
+        if cursor:
+            params["cursor"] = cursor
+        if surface_id:
+            params["surfaceId"] = surface_id
+        body, response = self._get_json(CONVERSATIONS, params, "conversation_list_response")
+        pagination = body.get("pagination") or {}
+        return ListPage(
+            records=body["data"],
+            next_cursor=pagination.get("nextCursor"),
+            has_more=bool(pagination.get("hasMore")),
+            total_count=pagination.get("totalCount"),
+            server_time=_server_time(response),
+        )
+
+    def get_conversation(self, cid: str) -> dict:
+        body, _ = self._get_json(conversation_path(cid), {}, "conversation_detail_envelope")
+        return body
+
+    def list_messages(self, cid: str, *, order: str = "desc", offset: int | None = None,
+                      limit: int = MESSAGE_PAGE) -> list:
+        params: dict[str, str | int] = {"limit": limit, "order": order}
+        if offset:
+            params["offset"] = offset
+        body, _ = self._get_json(conversation_path(cid) + "/messages", params,
+                                 "message_list_response")
+        return body["data"]
+
+    # -- transport ---------------------------------------------------------------------------
+    def _get_json(self, path: str, params: dict, kind: str) -> tuple[dict, httpx.Response]:
+        """GET with retries. Returns the parsed JSON object and the final response."""
+        attempt = 0
+        while True:
+            try:
+                body, response = self._request(path, params)
+                if kind == "conversation_detail_envelope":
+                    if not isinstance(body, dict):
+                        raise RetryableError(f"GET {path}: answer is not a JSON object", path=path)
+                else:
+                    reason = problem(kind, body)
+                    if reason:
+                        raise RetryableError(f"GET {path}: malformed answer ({reason})", path=path)
+                return body, response
+            except RetryableError as e:
+                attempt += 1
+                if attempt > self.settings.max_retries:
+                    raise RetriesExhausted(f"{e} (gave up after {attempt} attempts)",
+                                           path=path, status=e.status) from None
+                self.counters.add("retries")
+                wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
+                log.info("retrying GET %s in %.1fs: %s", path, wait, e)
+                time.sleep(wait)
+
+    def _request(self, path: str, params: dict) -> tuple[object, httpx.Response]:
+        self.pacer.wait()
+        self.counters.add("requests")
+        started = time.monotonic()
+        limit = self.settings.max_response_bytes
+        try:
+            with self._http.stream("GET", path, params=params) as response:
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise ProtocolError(f"GET {path}: answer of {int(declared)} bytes is over the "
+                                        f"{limit} byte limit ([api].max_response_mb)", path=path)
+                chunks, size = [], 0
+                for chunk in response.iter_bytes():
+                    size += len(chunk)
+                    if size > limit:
+                        raise ProtocolError(f"GET {path}: answer is over the {limit} byte limit "
+                                            "([api].max_response_mb)", path=path)
+                    chunks.append(chunk)
+                body = b"".join(chunks)
+        except httpx.TimeoutException:
+            raise RetryableError(f"GET {path}: timed out", path=path) from None
+        except httpx.TransportError as e:
+            raise RetryableError(f"GET {path}: connection failed ({type(e).__name__})",
+                                 path=path) from None
+        status = response.status_code
+        log.debug("GET %s %s -> %s (%.0f ms, %d bytes)", path, _query_text(params), status,
+                  (time.monotonic() - started) * 1000, len(body))
+        self.pacer.observe(response.headers)
+        if 200 <= status < 300:
+            try:
+                return json.loads(body), response
+            except (ValueError, RecursionError):
+                raise RetryableError(f"GET {path}: answer is not valid JSON "
+                                     f"({response.headers.get('content-type', 'no type')})",
+                                     path=path, status=status) from None
+        raise self._status_error(path, response, body)
+
+    def _status_error(self, path: str, response: httpx.Response, body: bytes) -> ApiError:
+        status = response.status_code
+        detail = _error_text(body)
+        text = f"GET {path}: HTTP {status}" + (f" ({detail})" if detail else "")
+        if status in (401, 403):
+            what = "refused the API key" if status == 401 else "the API key lacks messaging read scope"
+            return AuthError(f"{what} (HTTP {status}); check {'RUNTYPE_API_KEY'}",
+                             path=path, status=status)
+        if status == 404:
+            return NotFoundError(text, path=path, status=status)
+        if status == 400:
+            return BadRequestError(text, path=path, status=status)
+        if status == 429 or status == 408 or status >= 500:
+            wait = retry.retry_after(response.headers)
+            if status == 429:
+                self.counters.add("throttled")
+                self.pacer.pause(wait if wait is not None else 1.0)
+            return RetryableError(text, path=path, status=status, retry_after=wait)
+        if 300 <= status < 400:
+            target = urlsplit(response.headers.get("location", "")).hostname or "elsewhere"
+            return ProtocolError(f"GET {path}: redirected ({status}) to {target}; not followed, "
+                                 "so the key is not sent there", path=path, status=status)
+        return ProtocolError(text, path=path, status=status)
+
+
+def _query_text(params: dict) -> str:
+    return "&".join(f"{k}={v}" for k, v in params.items())

@@ -1,0 +1,192 @@
+"""The command line: the only place that prints or exits. Each command builds from ctx.obj,
+calls one function, renders its result, and turns syncer's errors into exit codes:
+0 ok, 1 some work failed (retried next run), 2 bad usage/configuration/database,
+3 the API refused the key, 4 another process is writing the mirror."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+
+from . import __version__, config
+from .errors import ConfigError, StoreError, SyncerError
+from .logs import setup_logging
+
+log = logging.getLogger("syncer")
+
+
+@dataclass
+class App:
+    config_path: str | None
+    db_path: str | None
+
+    def settings(self, **overrides) -> config.Settings:
+        return config.load(self.config_path, db_path=self.db_path, **overrides)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+class SyncerGroup(click.Group):
+    """Turns syncer's errors into one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except SyncerError as e:
+            click.echo(f"error: {e}", err=True)
+            ctx.exit(e.exit_code)
+
+
+@click.group(cls=SyncerGroup)
+@click.version_option(__version__, prog_name="syncer")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help=f"TOML config file (default: ./{config.DEFAULT_CONFIG_FILE} if present).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False),
+              help="SQLite database of the mirror (overrides [store].path).")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv: every request).")
+@click.option("-q", "--quiet", is_flag=True, help="Errors only (for cron).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="Log line format (json for log shippers).")
+@click.pass_context
+def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format):
+    """Mirror Runtype messaging conversations into SQLite and use them offline."""
+    setup_logging(verbose=verbose, quiet=quiet, fmt=log_format,
+                  secret=os.environ.get(config.API_KEY_ENV))
+    ctx.obj = App(config_path, db_path)
+
+
+def _install_stop_handlers(stop: threading.Event) -> None:
+    """First SIGINT/SIGTERM: finish the work in hand and stop. Second: exit at once (every
+    write is a transaction, so the database stays consistent)."""
+    def handler(signum, frame):
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+        click.echo("stopping after the work in hand (signal again to quit at once)", err=True)
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+@main.command()
+@click.option("--full", is_flag=True,
+              help="Walk the whole list and mark conversations gone upstream as deleted.")
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Allow a plain http:// base URL to a non-loopback host (sends the key in clear).")
+@pass_app
+def sync(app: App, full: bool, allow_insecure_http: bool):
+    """Pull what changed since the last run into the mirror."""
+    from .runner import run_sync
+    settings = app.settings(allow_insecure_http=True if allow_insecure_http else None)
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer())
+    _print_summary(summary)
+    sys.exit(summary.exit_code)
+
+
+def _progress_printer():
+    if not sys.stderr.isatty() or log.getEffectiveLevel() > logging.WARNING:
+        return None
+    state = {"walked": 0, "total": None, "messages": 0}
+
+    def show(info: dict) -> None:
+        state.update({k: v for k, v in info.items() if v is not None})
+        total = f"/{state['total']}" if state["total"] else ""
+        click.echo(f"\r  walked {state['walked']}{total} conversations, "
+                   f"{state['messages']} messages written ", err=True, nl=False)
+    return show
+
+
+def _print_summary(summary) -> None:
+    if sys.stderr.isatty() and log.getEffectiveLevel() <= logging.WARNING:
+        click.echo("", err=True)
+    if log.getEffectiveLevel() > logging.WARNING and summary.outcome == "ok":
+        return
+    c = summary.counts
+    line = (f"sync {summary.outcome} ({summary.mode}) in {summary.seconds:.1f}s: "
+            f"{c.get('conversations_seen', 0)} conversations walked, "
+            f"{c.get('conversations_changed', 0)} changed, "
+            f"{c.get('conversations_deleted', 0)} deleted, "
+            f"{c.get('messages_written', 0)} messages written; "
+            f"{c.get('requests', 0)} requests ({c.get('retries', 0)} retries, "
+            f"{c.get('throttled', 0)} throttled)")
+    if summary.early_stop:
+        line += "; stopped early at the watermark"
+    click.echo(line)
+    if c.get("conversations_failed"):
+        click.echo(f"  {c['conversations_failed']} conversations failed and stay queued for the "
+                   "next run")
+    if c.get("rejects"):
+        click.echo(f"  {c['rejects']} records failed validation and were quarantined in _rejects")
+    if summary.gaps:
+        sample = ", ".join(f"{cid} {held}/{count}" for cid, count, held in summary.gaps[:5])
+        more = f" and {len(summary.gaps) - 5} more" if len(summary.gaps) > 5 else ""
+        click.echo(f"  {len(summary.gaps)} conversations are incomplete: the server serves fewer "
+                   f"messages than it reports (held/reported: {sample}{more})")
+    if summary.error:
+        click.echo(f"error: {summary.error}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--seed", default=1, show_default=True, type=int)
+@click.option("--conversations", default=200, show_default=True, type=int)
+@click.option("--messages", "messages_per_conversation", default=8, show_default=True, type=int,
+              help="Typical messages per conversation.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=float)
+@click.option("--fault-rate", default=0.0, show_default=True, type=float,
+              help="Share of requests answered with an injected fault (0..1).")
+@click.option("--rate-limit", type=int, help="Requests allowed per --rate-window seconds.")
+@click.option("--rate-window", default=10.0, show_default=True, type=float)
+@click.option("--list-order", default="updated_desc", show_default=True,
+              type=click.Choice(["updated_desc", "created_desc", "last_message_desc", "id_asc",
+                                 "shuffled"]))
+@click.option("--message-paging", default="none", show_default=True,
+              type=click.Choice(["none", "offset"]))
+@click.option("--api-key", default="rt_test_simulator", show_default=True,
+              help="The key the simulator accepts.")
+def simulate(host, port, seed, conversations, messages_per_conversation, latency_ms, fault_rate,
+             rate_limit, rate_window, list_order, message_paging, api_key):
+    """Run the local Runtype API simulator until interrupted."""
+    from .simulator import Behaviour, SimulatorServer, generate
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError("the simulator only listens on loopback addresses")
+    upstream = generate(seed, conversations, messages_per_conversation=messages_per_conversation)
+    behaviour = Behaviour(latency_ms=latency_ms, fault_rate=fault_rate, rate_limit=rate_limit,
+                          rate_window=rate_window, list_order=list_order,
+                          message_paging=message_paging, api_key=api_key)
+    server = SimulatorServer(upstream, behaviour, host=host, port=port)
+    try:
+        url = server.start()
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}") from None
+    click.echo(f"Runtype simulator on {url} ({conversations} conversations, seed {seed})")
+    click.echo(f"try: RUNTYPE_BASE_URL={url} RUNTYPE_API_KEY={api_key} syncer sync")
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    stop.wait()
+    server.stop()
+
+
+@main.command()
+@click.option("--db", "demo_db", default="demo.db", show_default=True,
+              type=click.Path(dir_okay=False), help="Where the demo mirror goes (replaced).")
+@click.option("--conversations", default=300, show_default=True, type=int)
+def demo(demo_db: str, conversations: int):
+    """Sync a local simulator into ./demo.db, change data upstream, sync again, search."""
+    from .demo import run_demo
+    run_demo(Path(demo_db), conversations, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,150 @@
+"""Schema versions. The database shape is declared here as data and applied in order.
+
+`PRAGMA user_version` holds the version a database is at. Each entry of MIGRATIONS moves a
+database from the version before it to its own; all are idempotent (`IF NOT EXISTS`), so a
+database half-way through a version is finished on the next open.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+from .errors import StoreError
+
+APPLICATION_ID = 0x52545359  # "RTSY": marks a database made by syncer
+
+V1 = """
+CREATE TABLE IF NOT EXISTS conversations (
+    id TEXT PRIMARY KEY,
+    createdAt TEXT,
+    updatedAt TEXT,
+    lastMessageAt TEXT,
+    status TEXT,
+    subject TEXT,
+    participantName TEXT,
+    participantEmail TEXT,
+    externalParticipantId TEXT,
+    externalThreadId TEXT,
+    surfaceId TEXT,
+    timezone TEXT,
+    messageCount INTEGER,
+    context TEXT,
+    participantMetadata TEXT,
+    surface TEXT,
+    _raw TEXT NOT NULL,
+    _list_sig TEXT,
+    _synced_at TEXT NOT NULL,
+    _deleted_at TEXT,
+    _messages_held INTEGER NOT NULL DEFAULT 0,
+    _messages_missing INTEGER NOT NULL DEFAULT 0,
+    _messages_complete INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS idx_conversations_updatedAt ON conversations (updatedAt);
+CREATE INDEX IF NOT EXISTS idx_conversations_lastMessageAt ON conversations (lastMessageAt);
+CREATE INDEX IF NOT EXISTS idx_conversations_createdAt ON conversations (createdAt);
+CREATE INDEX IF NOT EXISTS idx_conversations_status ON conversations (status, surfaceId);
+CREATE INDEX IF NOT EXISTS idx_conversations_surfaceId ON conversations (surfaceId);
+
+CREATE TABLE IF NOT EXISTS messages (
+    id TEXT PRIMARY KEY,
+    conversationId TEXT NOT NULL,
+    createdAt TEXT,
+    role TEXT,
+    direction TEXT,
+    content TEXT,
+    externalMessageId TEXT,
+    flowStepResultId TEXT,
+    metadata TEXT,
+    _raw TEXT NOT NULL,
+    _synced_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages (conversationId, createdAt);
+CREATE INDEX IF NOT EXISTS idx_messages_createdAt ON messages (createdAt);
+
+CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING FTS5 (
+    content, content=messages
+);
+CREATE VIRTUAL TABLE IF NOT EXISTS conversations_fts USING FTS5 (
+    subject, participantName, participantEmail, content=conversations
+);
+
+CREATE TABLE IF NOT EXISTS _sync_state (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+CREATE TABLE IF NOT EXISTS _sync_queue (
+    id TEXT PRIMARY KEY,
+    queued_at TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    record TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS _walk_seen (
+    id TEXT PRIMARY KEY
+);
+CREATE TABLE IF NOT EXISTS _sync_runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    pages INTEGER NOT NULL DEFAULT 0,
+    conversations_seen INTEGER NOT NULL DEFAULT 0,
+    conversations_changed INTEGER NOT NULL DEFAULT 0,
+    conversations_deleted INTEGER NOT NULL DEFAULT 0,
+    conversations_failed INTEGER NOT NULL DEFAULT 0,
+    messages_written INTEGER NOT NULL DEFAULT 0,
+    rejects INTEGER NOT NULL DEFAULT 0,
+    gaps INTEGER NOT NULL DEFAULT 0,
+    requests INTEGER NOT NULL DEFAULT 0,
+    retries INTEGER NOT NULL DEFAULT 0,
+    throttled INTEGER NOT NULL DEFAULT 0,
+    walk_started_at TEXT,
+    watermark TEXT,
+    early_stop INTEGER NOT NULL DEFAULT 0,
+    error TEXT
+);
+CREATE TABLE IF NOT EXISTS _rejects (
+    id INTEGER PRIMARY KEY,
+    endpoint TEXT NOT NULL,
+    record_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    raw TEXT,
+    first_seen_at TEXT NOT NULL,
+    last_seen_at TEXT NOT NULL,
+    times INTEGER NOT NULL DEFAULT 1,
+    UNIQUE (endpoint, record_id, reason)
+);
+"""
+
+MIGRATIONS: list[str] = [V1]
+LATEST = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by syncer (or an empty one) up to LATEST, one version at a time."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if version > LATEST:
+        raise StoreError(f"database schema version {version} is newer than this syncer "
+                         f"understands ({LATEST}); upgrade syncer")
+    foreign = app_id not in (0, APPLICATION_ID) or (
+        version == 0 and conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0])
+    if foreign:
+        raise StoreError("this database was not made by syncer; "
+                         "point --db at a new file or at a syncer mirror")
+    for target in range(version + 1, LATEST + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _statements(MIGRATIONS[target - 1]):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {target}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";\n") if s.strip()]

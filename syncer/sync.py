@@ -1,0 +1,438 @@
+"""The sync engine: walk the list, queue what changed, fetch it, commit it, advance the watermark.
+
+Units of progress, each one transaction:
+- a list page: its dirty conversations into the persistent queue, the walk checkpoint (cursor and
+  the server time the walk began), the run counters;
+- a conversation: its row, its messages, their FTS entries, its completeness, off the queue.
+The watermark is written with the run record only when the walk completed and the queue drained.
+A run killed at any instant resumes from the checkpoint and the queue; every write is an upsert.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .api import MESSAGE_PAGE, RuntypeClient
+from .config import Settings
+from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, SyncerError)
+from .pagination import Walker
+from .store import Store, now_utc
+from .transform import (BadRecord, conversation_row, format_instant, list_signature,
+                        message_row, parse_instant)
+from .validate import checker
+from .watermark import OrderCheck, is_dirty, safe_watermark
+
+log = logging.getLogger(__name__)
+
+STATE_WALK = "walk"                  # JSON checkpoint of the walk in progress
+STATE_BUMPS = "messages_bump_updatedAt"  # "yes" / "no", learnt from the data
+
+_check_conversation = checker("conversation")
+_check_detail = checker("conversation_detail")
+_check_message = checker("message")
+
+
+@dataclass
+class Summary:
+    run_id: int
+    mode: str
+    outcome: str = "running"
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+    gaps: list[tuple[str, int, int]] = field(default_factory=list)
+    early_stop: bool = False
+    watermark: str | None = None
+    error: str | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"ok": 0, "auth_failed": 3}.get(self.outcome, 1)
+
+
+@dataclass
+class Fetched:
+    row: dict
+    messages: list[dict]
+    complete: bool
+    drop_others: bool
+    rejects: list[tuple[str, object, str]]
+
+
+class Sync:
+    def __init__(self, settings: Settings, store: Store, client: RuntypeClient, *,
+                 full: bool = False, stop: threading.Event | None = None,
+                 progress: Callable[[dict], None] | None = None):
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.stop = stop or threading.Event()
+        self.progress = progress
+        self.full = full or self._reconcile_due()
+        self.mode = "full" if self.full else "incremental"
+        self._offset_paging: bool | None = None   # learnt once per run
+        self._lock = threading.Lock()
+        self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
+                        "conversations_failed": 0, "messages_written": 0, "gaps": 0,
+                        "rejects": 0, "pages": 0, "conversations_seen": 0}
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> Summary:
+        started = time.monotonic()
+        run_id = self.store.start_run(self.mode)
+        summary = Summary(run_id=run_id, mode=self.mode)
+        before = self.client.counters.snapshot()
+        walk_started: str | None = None
+        try:
+            walk_started, complete, early = self._walk_and_fetch(run_id)
+            summary.early_stop = early
+            if complete and self.full and not self.stop.is_set():
+                self._reconcile(run_id)
+            failed = self._counts["conversations_failed"]
+            if self.stop.is_set():
+                summary.outcome = "interrupted"
+            elif failed or not complete:
+                summary.outcome = "partial"
+            else:
+                summary.outcome = "ok"
+                if self.store.queue_size() == 0:
+                    summary.watermark = safe_watermark(parse_instant(walk_started),
+                                                       self.settings.lookback)
+        except AuthError as e:
+            summary.outcome, summary.error = "auth_failed", str(e)
+        except SyncerError as e:
+            summary.outcome, summary.error = "failed", str(e)
+        except BaseException as e:
+            summary.outcome, summary.error = "interrupted", type(e).__name__
+            self._finish(summary, before, walk_started, started)
+            raise
+        self._finish(summary, before, walk_started, started)
+        return summary
+
+    def _finish(self, summary: Summary, before: dict, walk_started: str | None,
+                started: float) -> None:
+        after = self.client.counters.snapshot()
+        api_counts = {k: after[k] - before[k] for k in after}
+        self.store.finish_run(summary.run_id, summary.outcome, error=summary.error,
+                              walk_started_at=walk_started, watermark=summary.watermark,
+                              early_stop=summary.early_stop, counts=api_counts)
+        summary.counts = {**self._counts, **api_counts}
+        summary.gaps = self.store.gaps()
+        summary.seconds = time.monotonic() - started
+
+    def _reconcile_due(self) -> bool:
+        last = self.store.last_full_walk()
+        if last is None:
+            return True
+        age = (parse_instant(now_utc()) - parse_instant(last)).total_seconds()
+        return age >= self.settings.reconcile_every
+
+    # -- walking -----------------------------------------------------------------------------
+    def _filters(self) -> list[str | None]:
+        return list(self.settings.surface_ids) or [None]
+
+    def _load_checkpoint(self) -> dict | None:
+        raw = self.store.get_state(STATE_WALK)
+        if not raw:
+            return None
+        point = json.loads(raw)
+        same = (point.get("status") == self.settings.status
+                and point.get("surfaces") == self._filters()
+                and point.get("mode") == self.mode)
+        return point if same else None
+
+    def _walk_and_fetch(self, run_id: int) -> tuple[str, bool, bool]:
+        """Walk every filter's list, feeding dirty conversations to the fetch pool.
+        Returns (walk start time, walk complete, stopped early)."""
+        point = self._load_checkpoint()
+        if point is None:
+            with self.store.transaction():
+                self.store.set_state(STATE_WALK, None)
+                if self.full:
+                    self.store.clear_seen()
+            point = {"status": self.settings.status, "surfaces": self._filters(),
+                     "mode": self.mode, "index": 0, "cursor": None, "started": None}
+        else:
+            log.info("resuming the interrupted walk at list %d", point["index"])
+        bumps = {"yes": True, "no": False}.get(self.store.get_state(STATE_BUMPS) or "")
+        watermark = None if self.full else self.store.watermark()
+        complete, early = True, False
+        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="fetch") as pool:
+            pending: set[Future] = set()
+            try:
+                for cid in self.store.queued():
+                    pending = self._submit(pool, pending, cid)
+                for index in range(point["index"], len(point["surfaces"])):
+                    if self.stop.is_set():
+                        complete = False
+                        break
+                    cursor = point["cursor"] if index == point["index"] else None
+                    order = OrderCheck(bumps)
+                    done, stopped, pending = self._walk_one(
+                        run_id, point, index, cursor, order, watermark, pool, pending)
+                    complete = complete and done
+                    early = early or stopped
+                    if order.bumps is not None and order.bumps != bumps and bumps is not False:
+                        with self.store.transaction():
+                            self.store.set_state(STATE_BUMPS, "yes" if order.bumps else "no")
+                        bumps = order.bumps
+                self._drain(pending)
+            except BaseException:
+                self.stop.set()
+                for f in pending:
+                    f.cancel()
+                raise
+        started = point["started"] or now_utc()
+        if complete and not self.stop.is_set():
+            with self.store.transaction():
+                self.store.set_state(STATE_WALK, None)
+        return started, complete and not self.stop.is_set(), early
+
+    def _walk_one(self, run_id: int, point: dict, index: int, cursor: str | None,
+                  order: OrderCheck, watermark: str | None, pool: ThreadPoolExecutor,
+                  pending: set[Future]) -> tuple[bool, bool, set[Future]]:
+        walker = Walker(self.client, limit=self.settings.page_size, status=self.settings.status,
+                        surface_id=point["surfaces"][index])
+        steps = walker.pages(cursor)
+        while True:
+            try:
+                step = next(steps)
+            except StopIteration:
+                return True, False, pending
+            except BadRequestError:
+                if cursor is None:
+                    raise
+                log.warning("the server rejected the saved cursor; restarting the walk")
+                cursor = None
+                steps = walker.pages(None)
+                continue
+            if point["started"] is None:
+                point["started"] = format_instant(step.page.server_time)
+            dirty, rows_seen = self._take_page(run_id, step, point, index)
+            order.feed(rows_seen)
+            for cid in dirty:
+                pending = self._submit(pool, pending, cid)
+            self._report({"walked": self._counts["conversations_seen"],
+                          "total": step.page.total_count})
+            if step.suspect_end:
+                return False, False, pending
+            if step.next_cursor is None:
+                return True, False, pending
+            if order.may_stop(watermark):
+                log.info("list is newest-first by updatedAt and past the watermark %s: "
+                         "stopping the walk early", watermark)
+                return True, True, pending
+            if self.stop.is_set():
+                return False, False, pending
+
+    def _take_page(self, run_id: int, step, point: dict, index: int) -> tuple[list[str], list]:
+        """Validate a page, queue its dirty conversations, checkpoint. One transaction when
+        anything is written; a page with nothing new writes nothing."""
+        rows: dict[str, dict] = {}
+        records: dict[str, dict] = {}
+        rejects = []
+        for record in step.page.records:
+            reason = _check_conversation(record)
+            if reason is None:
+                try:
+                    row = conversation_row(record)
+                except BadRecord as e:
+                    reason = str(e)
+            if reason is not None:
+                rejects.append(("list", record, reason))
+                continue
+            rows[row["id"]] = row            # a page with the same id twice: the last wins
+            records[row["id"]] = record
+        stored = self.store.stored(list(rows))
+        dirty = []
+        for cid, row in rows.items():
+            s = stored.get(cid)
+            if is_dirty(s.list_sig if s else None, s.deleted if s else False,
+                        list_signature(row), s is not None):
+                dirty.append(cid)
+        self._counts["pages"] += 1
+        self._counts["conversations_seen"] += len(rows)
+        self._counts["rejects"] += len(rejects)
+        nxt = {**point, "index": index, "cursor": step.next_cursor}
+        if step.next_cursor is None:
+            nxt = {**nxt, "index": index + 1, "cursor": None}
+        if dirty or rejects or self.full:
+            with self.store.transaction():
+                for endpoint, record, reason in rejects:
+                    self.store.reject(endpoint, record, reason)
+                self.store.enqueue_records(
+                    [(cid, "changed", json.dumps(records[cid])) for cid in dirty])
+                if self.full:
+                    self.store.mark_seen(list(rows))
+                self.store.set_state(STATE_WALK, json.dumps(nxt))
+                self.store.add_to_run(run_id, {"pages": 1, "conversations_seen": len(rows),
+                                               "rejects": len(rejects)})
+        point.update(nxt)
+        return dirty, list(rows.values())
+
+    # -- fetching ----------------------------------------------------------------------------
+    def _submit(self, pool: ThreadPoolExecutor, pending: set[Future], cid: str) -> set[Future]:
+        while len(pending) >= self.settings.concurrency * 4:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                f.result()
+        pending.add(pool.submit(self._process, cid))
+        return pending
+
+    def _drain(self, pending: set[Future]) -> None:
+        for f in list(pending):
+            f.result()
+
+    def _process(self, cid: str) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            fetched = self._fetch(cid)
+            if fetched is None:
+                return
+            with self.store.transaction():
+                for endpoint, record, reason in fetched.rejects:
+                    self.store.reject(endpoint, record, reason)
+            written, missing = self.store.save_conversation(
+                fetched.row, fetched.messages, complete=fetched.complete,
+                drop_others=fetched.drop_others)
+            with self._lock:
+                self._counts["conversations_changed"] += 1
+                self._counts["messages_written"] += written
+                self._counts["rejects"] += len(fetched.rejects)
+                self._counts["gaps"] += bool(missing)
+            self._report({"messages": self._counts["messages_written"]})
+        except NotFoundError:
+            n = self.store.mark_deleted([cid])
+            with self._lock:
+                self._counts["conversations_deleted"] += n
+        except AuthError:
+            self.stop.set()
+            raise
+        except (ApiError, BadRecord) as e:
+            log.warning("conversation %s failed, will retry next run: %s", cid, e)
+            self.store.record_failure(cid, str(e))
+            with self._lock:
+                self._counts["conversations_failed"] += 1
+
+    def _fetch(self, cid: str) -> Fetched | None:
+        rejects: list[tuple[str, object, str]] = []
+        listed = self.store.queued_record(cid)
+        if self.settings.fetch_details or listed is None:
+            record = self.client.get_conversation(cid)
+            reason = _check_detail(record)
+            endpoint = "detail"
+        else:
+            record, reason, endpoint = listed, _check_conversation(listed), "list"
+        if reason is None:
+            try:
+                row = conversation_row(record)
+            except BadRecord as e:
+                reason = str(e)
+        if reason is not None:
+            with self.store.transaction():
+                self.store.reject(endpoint, record, reason)
+                self.store.dequeue(cid)
+            with self._lock:
+                self._counts["rejects"] += 1
+            return None
+        if row["id"] != cid:
+            raise BadRecord(f"asked for conversation {cid!r}, got {row['id']!r}")
+        row["_list_sig"] = list_signature(row)
+        messages, complete, drop_others = self._fetch_messages(cid, row["messageCount"], rejects)
+        return Fetched(row, messages, complete, drop_others, rejects)
+
+    def _valid_messages(self, cid: str, records: list, rejects: list) -> list[dict]:
+        out = []
+        for record in records:
+            reason = _check_message(record)
+            if reason is None and record["conversationId"] != cid:
+                reason = f"message belongs to conversation {record['conversationId']!r}"
+            if reason is None:
+                try:
+                    out.append(message_row(record))
+                    continue
+                except BadRecord as e:
+                    reason = str(e)
+            rejects.append(("messages", record, reason))
+        return out
+
+    def _fetch_messages(self, cid: str, count: int,
+                        rejects: list) -> tuple[list[dict], bool, bool]:
+        """Returns (messages, complete, drop_others). Reads only the new messages when the
+        newest held one is reached; otherwise reads all the server will give."""
+        held = self.store.held_messages(cid)
+        if count == 0 and held == 0:
+            return [], True, False
+        newest = self.store.newest_message_id(cid)
+        raw = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
+        page = self._valid_messages(cid, raw, rejects)
+        ids = [m["id"] for m in page]
+        ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
+        if newest is not None and newest in ids and ordered:
+            new = page[:ids.index(newest)]
+            if held + len(new) == count:
+                return new, True, False
+        collected = {m["id"]: m for m in page}
+        truncated = len(raw) >= MESSAGE_PAGE and len(collected) < count
+        if truncated and self._offset_paging is not False:
+            self._page_by_offset(cid, count, len(raw), collected, rejects)
+        if len(collected) < count and len(raw) >= MESSAGE_PAGE:
+            oldest = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
+            for m in self._valid_messages(cid, oldest, rejects):
+                collected.setdefault(m["id"], m)
+        complete = len(collected) == count and not rejects
+        if not complete and len(collected) + held < count:
+            log.info("conversation %s: the server serves %d of its %d messages",
+                     cid, len(collected), count)
+        return list(collected.values()), complete, complete
+
+    def _page_by_offset(self, cid: str, count: int, offset: int, collected: dict,
+                        rejects: list) -> None:
+        """Try the undocumented `offset` parameter, trusting it only when it returns messages
+        not seen before; stop on an overlap-only page, a short page, or the page budget."""
+        budget = count // MESSAGE_PAGE + 2
+        while len(collected) < count and budget > 0:
+            budget -= 1
+            raw = self.client.list_messages(cid, order="desc", offset=offset, limit=MESSAGE_PAGE)
+            page = self._valid_messages(cid, raw, rejects)
+            fresh = [m for m in page if m["id"] not in collected]
+            if raw and not fresh:
+                if self._offset_paging is None:
+                    log.info("the server ignores the offset parameter on messages; "
+                             "conversations over %d messages will have gaps", MESSAGE_PAGE)
+                self._offset_paging = False
+                return
+            if fresh:
+                self._offset_paging = True
+            for m in fresh:
+                collected[m["id"]] = m
+            offset += len(raw)
+            if len(raw) < MESSAGE_PAGE:
+                return
+
+    # -- deletions ---------------------------------------------------------------------------
+    def _reconcile(self, run_id: int) -> None:
+        """After a complete walk: conversations the walk did not see are checked one by one
+        (a shifting list can skip a live one); only a 404 tombstones."""
+        for cid in self.store.unseen_live_ids():
+            if self.stop.is_set():
+                return
+            try:
+                self.client.get_conversation(cid)
+            except NotFoundError:
+                n = self.store.mark_deleted([cid])
+                self._counts["conversations_deleted"] += n
+                continue
+            with self.store.transaction():
+                self.store.enqueue_records([(cid, "missed by walk", None)])
+            self._process(cid)
+
+    def _report(self, info: dict) -> None:
+        if self.progress is not None:
+            self.progress(info)

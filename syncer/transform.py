@@ -1,0 +1,88 @@
+"""Pure functions: an API record -> the row the store keeps. No I/O.
+
+Timestamps become one fixed-width UTC form, `YYYY-MM-DDTHH:MM:SS.ffffffZ`, so that string order
+is time order; the string as received stays in `_raw`. Objects become JSON text. Unknown fields
+are kept in `_raw`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+CONVERSATION_FIELDS = (
+    "id", "createdAt", "updatedAt", "lastMessageAt", "status", "subject", "participantName",
+    "participantEmail", "externalParticipantId", "externalThreadId", "surfaceId", "timezone",
+    "messageCount",
+)
+DETAIL_FIELDS = ("context", "participantMetadata", "surface")
+MESSAGE_FIELDS = (
+    "id", "conversationId", "createdAt", "role", "direction", "content", "externalMessageId",
+    "flowStepResultId", "metadata",
+)
+TIMESTAMP_FIELDS = frozenset({"createdAt", "updatedAt", "lastMessageAt"})
+JSON_FIELDS = frozenset({"context", "participantMetadata", "surface", "metadata"})
+
+
+class BadRecord(ValueError):
+    """A record that passed the schema but cannot be stored as it is (e.g. a bad timestamp)."""
+
+
+def parse_instant(value: str) -> datetime:
+    """An ISO 8601 string -> an aware UTC datetime. Naive strings are taken as UTC."""
+    try:
+        dt = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise BadRecord(f"unparsable timestamp {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    try:
+        return dt.astimezone(timezone.utc)
+    except OverflowError:
+        raise BadRecord(f"timestamp out of range {value!r}") from None
+
+
+def format_instant(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def normalize_timestamp(value: str | None) -> str | None:
+    if value is None:
+        return None
+    return format_instant(parse_instant(value))
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+
+
+def _row(record: dict, fields: tuple[str, ...]) -> dict:
+    row: dict = {}
+    for name in fields:
+        value = record.get(name)
+        if value is not None:
+            if name in TIMESTAMP_FIELDS:
+                value = normalize_timestamp(value)
+            elif name in JSON_FIELDS:
+                value = _dumps(value)
+        row[name] = value
+    row["_raw"] = _dumps(record)
+    return row
+
+
+def conversation_row(record: dict) -> dict:
+    """A list or detail record -> a `conversations` row (without bookkeeping columns)."""
+    fields = CONVERSATION_FIELDS + tuple(f for f in DETAIL_FIELDS if f in record)
+    row = _row(record, fields)
+    row["messageCount"] = int(row["messageCount"])
+    return row
+
+
+def message_row(record: dict) -> dict:
+    return _row(record, MESSAGE_FIELDS)
+
+
+def list_signature(row: dict) -> str:
+    """What the list endpoint shows of a conversation; a change means the conversation is dirty."""
+    core = [row.get(name) for name in CONVERSATION_FIELDS]
+    return hashlib.sha1(_dumps(core).encode()).hexdigest()[:16]

@@ -1,0 +1,63 @@
+"""Pure rules over plain values: the safe watermark, list-order checks, dirty detection.
+
+Timestamps here are the store's fixed-width UTC strings, so string order is time order.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from .transform import format_instant
+
+
+def safe_watermark(walk_started: datetime, lookback_seconds: float) -> str:
+    """The watermark a completed walk may commit: the server time at which the walk began, minus
+    the lookback, so that records changed while the walk ran are seen again next time."""
+    return format_instant(walk_started - timedelta(seconds=lookback_seconds))
+
+
+EVIDENCE_NEEDED = 20  # conversations with messages, all with lastMessageAt <= updatedAt
+
+
+class OrderCheck:
+    """Tracks, page by page, whether the list so far is ordered by updatedAt, newest first, and
+    what the records say about whether a new message bumps updatedAt: a record whose
+    lastMessageAt is after its updatedAt proves it does not; many records that all have
+    lastMessageAt <= updatedAt are the evidence that it does (`bumps` holds what earlier walks
+    concluded: True, False or None for not known yet)."""
+
+    def __init__(self, bumps: bool | None = None) -> None:
+        self.sorted_desc = True
+        self.bumps = bumps
+        self.consistent = 0
+        self.last: str | None = None
+        self.count = 0
+
+    def feed(self, rows: list[dict]) -> None:
+        for row in rows:
+            updated = row["updatedAt"]
+            if self.last is not None and updated > self.last:
+                self.sorted_desc = False
+            last_message = row.get("lastMessageAt")
+            if last_message is not None:
+                if last_message > updated:
+                    self.bumps = False
+                else:
+                    self.consistent += 1
+            self.last = updated
+            self.count += 1
+        if self.bumps is None and self.consistent >= EVIDENCE_NEEDED:
+            self.bumps = True
+
+    def may_stop(self, watermark: str | None, min_records: int = 2) -> bool:
+        """True when everything after the records read so far is older than the watermark:
+        the list is proven newest-first by updatedAt, messages are known to bump updatedAt, and
+        the last record read is strictly older than the watermark (ties at it are read)."""
+        return (watermark is not None and self.sorted_desc and self.bumps is True
+                and self.count >= min_records and self.last is not None
+                and self.last < watermark)
+
+
+def is_dirty(stored_sig: str | None, deleted: bool, sig: str, known: bool) -> bool:
+    """A conversation is dirty when new, tombstoned but listed again, or its listed fields
+    (updatedAt, lastMessageAt, messageCount, ...) differ from what the mirror holds."""
+    return not known or deleted or stored_sig != sig
