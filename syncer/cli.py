@@ -188,5 +188,7 @@ def demo(demo_db: str, conversations: int):
     run_demo(Path(demo_db), conversations, echo=click.echo)
 
 
+from . import cli_browse, cli_ops  # noqa: E402,F401  (they add their commands to `main`)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
