@@ -184,11 +184,16 @@ class Store:
         return [r[0] for r in self.conn.execute(
             "SELECT id FROM messages WHERE conversationId = ?", (cid,))]
 
-    def newest_message_id(self, cid: str) -> str | None:
-        row = self.conn.execute(
+    def message_state(self, cid: str) -> tuple[int, str | None, bool]:
+        """(messages held, id of the newest held, whether the held set was complete)."""
+        held = self.conn.execute("SELECT count(*) FROM messages WHERE conversationId = ?",
+                                 (cid,)).fetchone()[0]
+        newest = self.conn.execute(
             "SELECT id FROM messages WHERE conversationId = ? ORDER BY createdAt DESC, id DESC "
             "LIMIT 1", (cid,)).fetchone()
-        return row[0] if row else None
+        complete = self.conn.execute("SELECT _messages_complete FROM conversations WHERE id = ?",
+                                     (cid,)).fetchone()
+        return held, newest[0] if newest else None, bool(complete and complete[0])
 
     def held_messages(self, cid: str) -> int:
         return self.conn.execute("SELECT count(*) FROM messages WHERE conversationId = ?",
@@ -314,7 +319,11 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, mode: str) -> int:
+        """Record a new run. Runs still marked running were killed: the caller holds the
+        writer's lock, so no other run can be alive."""
         with self.transaction():
+            self.conn.execute("UPDATE _sync_runs SET outcome = 'killed' "
+                              "WHERE outcome = 'running'")
             return self.conn.execute(
                 "INSERT INTO _sync_runs (started_at, outcome, mode) VALUES (?, 'running', ?)",
                 (now_utc(), mode)).lastrowid

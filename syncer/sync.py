@@ -366,10 +366,9 @@ class Sync:
                         rejects: list) -> tuple[list[dict], bool, bool]:
         """Returns (messages, complete, drop_others). Reads only the new messages when the
         newest held one is reached; otherwise reads all the server will give."""
-        held = self.store.held_messages(cid)
+        held, newest, was_complete = self.store.message_state(cid)
         if count == 0 and held == 0:
             return [], True, False
-        newest = self.store.newest_message_id(cid)
         raw = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
         page = self._valid_messages(cid, raw, rejects)
         ids = [m["id"] for m in page]
@@ -378,6 +377,9 @@ class Sync:
             new = page[:ids.index(newest)]
             if held + len(new) == count:
                 return new, True, False
+            if not was_complete and not rejects:
+                # the gap the server cannot close stays what it was; only the new are read
+                return new, False, False
         collected = {m["id"]: m for m in page}
         truncated = len(raw) >= MESSAGE_PAGE and len(collected) < count
         if truncated and self._offset_paging is not False:

@@ -1,0 +1,111 @@
+"""Shared by the tests: build settings for a simulator, read whole tables back, compare."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from syncer.config import Settings
+from syncer.transform import TIMESTAMP_FIELDS, normalize_timestamp
+
+KEY = "rt_test_simulator"
+
+
+def settings_for(server, db_path, **overrides) -> Settings:
+    values = dict(base_url=server.base_url, api_key=KEY, db_path=str(db_path), concurrency=4,
+                  max_retries=8, timeout=5.0)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def _restore(raw: str) -> dict:
+    """The record as received, with timestamps in the canonical form the simulator's snapshot
+    uses; the mirror keeps both (columns normalised, _raw as received)."""
+    record = json.loads(raw)
+    for name in TIMESTAMP_FIELDS:
+        if record.get(name) is not None:
+            record[name] = normalize_timestamp(record[name])
+    return record
+
+
+def mirror(db_path) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Live conversations and their messages as records, keyed by id."""
+    conn = sqlite3.connect(db_path)
+    conversations = {}
+    for row in conn.execute("SELECT * FROM conversations WHERE _deleted_at IS NULL"):
+        names = [d[0] for d in conn.execute("SELECT * FROM conversations LIMIT 0").description]
+        row = dict(zip(names, row))
+        record = _restore(row["_raw"])
+        # every API column agrees with the record it came from
+        for name, value in row.items():
+            if name.startswith("_") or name not in record:
+                continue
+            expected = record[name]
+            if isinstance(expected, (dict, list)):
+                value = json.loads(value)
+            assert value == expected, (row["id"], name)
+        conversations[row["id"]] = record
+    messages = {}
+    for cid, raw, content, created in conn.execute(
+            "SELECT m.conversationId, m._raw, m.content, m.createdAt FROM messages m "
+            "JOIN conversations c ON c.id = m.conversationId WHERE c._deleted_at IS NULL"):
+        record = _restore(raw)
+        assert (record["content"], record["createdAt"], record["conversationId"]) == \
+            (content, created, cid)
+        messages[record["id"]] = record
+    conn.close()
+    return conversations, messages
+
+
+def upstream_tables(upstream) -> tuple[dict[str, dict], dict[str, dict]]:
+    conversations, messages = upstream.snapshot()
+    return {c["id"]: c for c in conversations}, {m["id"]: m for m in messages}
+
+
+def assert_exact(db_path, upstream) -> None:
+    """The mirror equals upstream: every live conversation and every message, whole records."""
+    got_c, got_m = mirror(db_path)
+    want_c, want_m = upstream_tables(upstream)
+    assert sorted(got_c) == sorted(want_c)
+    assert got_c == want_c
+    assert sorted(got_m) == sorted(want_m)
+    assert got_m == want_m
+    assert fts_ok(db_path)
+
+
+def assert_exact_except_gaps(db_path, upstream) -> dict[str, tuple[int, int]]:
+    """Conversations equal; messages held are exactly upstream's where held; a conversation
+    holding fewer than upstream has says so. Returns {id: (held, count)} for the gaps."""
+    got_c, got_m = mirror(db_path)
+    want_c, want_m = upstream_tables(upstream)
+    assert got_c == want_c
+    assert set(got_m) <= set(want_m)
+    assert all(got_m[i] == want_m[i] for i in got_m)
+    conn = sqlite3.connect(db_path)
+    gaps = {cid: (held, count) for cid, held, count, missing, complete in conn.execute(
+        "SELECT id, _messages_held, messageCount, _messages_missing, _messages_complete "
+        "FROM conversations WHERE _deleted_at IS NULL")
+        if not complete and (missing == count - held or pytest_fail(cid))}
+    for cid, (held, count) in gaps.items():
+        assert held < count
+    held_per = {}
+    for m in got_m.values():
+        held_per[m["conversationId"]] = held_per.get(m["conversationId"], 0) + 1
+    for cid, c in want_c.items():
+        if cid not in gaps:
+            assert held_per.get(cid, 0) == c["messageCount"], cid
+    conn.close()
+    assert fts_ok(db_path)
+    return gaps
+
+
+def pytest_fail(cid):
+    raise AssertionError(f"{cid}: _messages_missing disagrees with messageCount - held")
+
+
+def fts_ok(db_path) -> bool:
+    """FTS5's own integrity check, and the index holds exactly the rows of its table."""
+    conn = sqlite3.connect(db_path)
+    for table, fts in (("messages", "messages_fts"), ("conversations", "conversations_fts")):
+        conn.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
+    conn.close()
+    return True
