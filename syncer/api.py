@@ -195,7 +195,10 @@ class RuntypeClient:
         if 200 <= status < 300:
             try:
                 return json.loads(body), response
-            except (ValueError, RecursionError):
+            except RecursionError:
+                raise ProtocolError(f"GET {path}: answer is nested too deeply to read",
+                                    path=path, status=status) from None
+            except ValueError:
                 raise RetryableError(f"GET {path}: answer is not valid JSON "
                                      f"({response.headers.get('content-type', 'no type')})",
                                      path=path, status=status) from None

@@ -53,10 +53,37 @@ def normalize_timestamp(value: str | None) -> str | None:
 
 
 def _dumps(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    try:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    except RecursionError:
+        raise BadRecord("record is nested too deeply to store") from None
+
+
+def _valid_text(value: object) -> object:
+    """Lone surrogates (legal in JSON escapes, not in UTF-8) become U+FFFD, recursively."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_valid_text(k): _valid_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_valid_text(v) for v in value]
+    return value
+
+
+def _storable(record: dict) -> tuple[dict, str]:
+    """The record and its JSON text, both encodable as UTF-8."""
+    raw = _dumps(record)
+    if not raw.isascii():
+        try:
+            raw.encode("utf-8")
+        except UnicodeEncodeError:
+            record = _valid_text(record)  # type: ignore[assignment]
+            raw = _dumps(record)
+    return record, raw
 
 
 def _row(record: dict, fields: tuple[str, ...]) -> dict:
+    record, raw = _storable(record)
     row: dict = {}
     for name in fields:
         value = record.get(name)
@@ -66,7 +93,7 @@ def _row(record: dict, fields: tuple[str, ...]) -> dict:
             elif name in JSON_FIELDS:
                 value = _dumps(value)
         row[name] = value
-    row["_raw"] = _dumps(record)
+    row["_raw"] = raw
     return row
 
 

@@ -262,14 +262,14 @@ def test_ties_on_one_second_are_not_lost(tmp_path):
 
 def test_faults_and_429s_end_in_an_exact_mirror(tmp_path):
     upstream = generate(seed=19, conversations=60, big_conversations=1)
-    behaviour = Behaviour(fault_rate=0.2, fault_seed=4, fault_timeout_s=1.5, message_paging="offset",
+    behaviour = Behaviour(fault_rate=0.2, fault_seed=4, fault_timeout_s=0.8, message_paging="offset",
                           fault_kinds=("500", "503", "429", "429_no_retry_after", "timeout",
                                        "drop", "invalid_json", "html_200"))
     with SimulatorServer(upstream, behaviour) as server:
         db = tmp_path / "m.db"
         outcomes = []
         for _ in range(5):
-            s = sync(server, db, timeout=1.0, max_retries=6)
+            s = sync(server, db, timeout=0.4, max_retries=6)
             outcomes.append(s.outcome)
             if s.outcome == "ok":
                 break
