@@ -70,7 +70,8 @@ def _install_stop_handlers(stop: threading.Event) -> None:
         if stop.is_set():
             os._exit(130)
         stop.set()
-        click.echo("stopping after the work in hand (signal again to quit at once)", err=True)
+        log.warning("%s: stopping after the work in hand (signal again to quit at once)",
+                    signal.Signals(signum).name)
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
 
@@ -106,21 +107,13 @@ def _progress_printer():
 
 
 def _print_summary(summary) -> None:
+    from .runner import describe
     if sys.stderr.isatty() and log.getEffectiveLevel() <= logging.WARNING:
         click.echo("", err=True)
     if log.getEffectiveLevel() > logging.WARNING and summary.outcome == "ok":
         return
     c = summary.counts
-    line = (f"sync {summary.outcome} ({summary.mode}) in {summary.seconds:.1f}s: "
-            f"{c.get('conversations_seen', 0)} conversations walked, "
-            f"{c.get('conversations_changed', 0)} changed, "
-            f"{c.get('conversations_deleted', 0)} deleted, "
-            f"{c.get('messages_written', 0)} messages written; "
-            f"{c.get('requests', 0)} requests ({c.get('retries', 0)} retries, "
-            f"{c.get('throttled', 0)} throttled)")
-    if summary.early_stop:
-        line += "; stopped early at the watermark"
-    click.echo(line)
+    click.echo(describe(summary))
     if c.get("conversations_failed"):
         click.echo(f"  {c['conversations_failed']} conversations failed and stay queued for the "
                    "next run")
@@ -186,6 +179,39 @@ def demo(demo_db: str, conversations: int):
     """Sync a local simulator into ./demo.db, change data upstream, sync again, search."""
     from .demo import run_demo
     run_demo(Path(demo_db), conversations, echo=click.echo)
+
+
+@main.command()
+@click.option("--fix", is_flag=True, help="Queue every difference for the next sync.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True)
+@pass_app
+def verify(app: App, fix: bool, fmt: str):
+    """Compare the mirror with the API's conversation list (no messages are read).
+
+    Exits 1 when anything differs: missing, extra, stale, or message counts that differ from
+    what the mirror holds (recorded gaps are listed, not counted)."""
+    from .runner import run_verify
+    report = run_verify(app.settings(), fix=fix)
+    if fmt == "json":
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(f"verified {report.walked} conversations: {report.differences} differences"
+                   + ("" if report.complete_walk else " (the walk ended early: extras unknown)"))
+        for label, items in (("missing from the mirror", report.missing),
+                             ("gone upstream", report.extra), ("stale", report.stale)):
+            if items:
+                click.echo(f"  {len(items)} {label}: {', '.join(items[:10])}"
+                           + (" ..." if len(items) > 10 else ""))
+        for what, entries in (("message count differs", report.count_differs),
+                              ("known gaps (server serves fewer)", report.known_gaps)):
+            if entries:
+                sample = ", ".join(f"{e['id']} {e['held']}/{e['messageCount']}"
+                                   for e in entries[:10])
+                click.echo(f"  {len(entries)} {what}: {sample}")
+        if fix and report.queued:
+            click.echo(f"queued {report.queued} conversations for the next sync")
+    sys.exit(1 if report.differences else 0)
 
 
 from . import cli_browse, cli_ops  # noqa: E402,F401  (they add their commands to `main`)
