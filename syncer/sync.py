@@ -23,7 +23,7 @@ from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, SyncerError)
 from .pagination import Walker
 from .store import Store, now_utc
-from .transform import (BadRecord, conversation_row, format_instant, list_signature,
+from .transform import (BadRecord, checked_conversation_row, format_instant, list_signature,
                         message_row, parse_instant)
 from .validate import checker
 from .watermark import OrderCheck, is_dirty, safe_watermark
@@ -237,13 +237,8 @@ class Sync:
         records: dict[str, dict] = {}
         rejects = []
         for record in step.page.records:
-            reason = _check_conversation(record)
-            if reason is None:
-                try:
-                    row = conversation_row(record)
-                except BadRecord as e:
-                    reason = str(e)
-            if reason is not None:
+            row, reason = checked_conversation_row(record, _check_conversation)
+            if row is None:
                 rejects.append(("list", record, reason))
                 continue
             rows[row["id"]] = row            # a page with the same id twice: the last wins
@@ -324,17 +319,12 @@ class Sync:
         rejects: list[tuple[str, object, str]] = []
         listed = self.store.queued_record(cid)
         if self.settings.fetch_details or listed is None:
-            record = self.client.get_conversation(cid)
-            reason = _check_detail(record)
-            endpoint = "detail"
+            record, endpoint = self.client.get_conversation(cid), "detail"
+            row, reason = checked_conversation_row(record, _check_detail)
         else:
-            record, reason, endpoint = listed, _check_conversation(listed), "list"
-        if reason is None:
-            try:
-                row = conversation_row(record)
-            except BadRecord as e:
-                reason = str(e)
-        if reason is not None:
+            record, endpoint = listed, "list"
+            row, reason = checked_conversation_row(record, _check_conversation)
+        if row is None:
             with self.store.transaction():
                 self.store.reject(endpoint, record, reason)
                 self.store.dequeue(cid)

@@ -105,6 +105,17 @@ def conversation_row(record: dict) -> dict:
     return row
 
 
+def checked_conversation_row(record: object, check) -> tuple[dict | None, str | None]:
+    """Validate with `check` (a validate.checker) and transform: (row, None) or (None, reason)."""
+    reason = check(record)
+    if reason is None:
+        try:
+            return conversation_row(record), None  # type: ignore[arg-type]
+        except BadRecord as e:
+            reason = str(e)
+    return None, reason
+
+
 def message_row(record: dict) -> dict:
     return _row(record, MESSAGE_FIELDS)
 

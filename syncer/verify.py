@@ -14,7 +14,7 @@ from .api import RuntypeClient
 from .config import Settings
 from .pagination import Walker
 from .store import Store
-from .transform import BadRecord, conversation_row, list_signature
+from .transform import checked_conversation_row, list_signature
 from .validate import checker
 
 _check = checker("conversation")
@@ -57,12 +57,8 @@ def verify(settings: Settings, store: Store, client: RuntypeClient) -> Report:
         for step in walker.pages():
             report.complete_walk &= not step.suspect_end
             for record in step.page.records:
-                if _check(record) is not None:
-                    report.invalid += 1
-                    continue
-                try:
-                    row = conversation_row(record)
-                except BadRecord:
+                row, reason = checked_conversation_row(record, _check)
+                if row is None:
                     report.invalid += 1
                     continue
                 cid = row["id"]

@@ -4,11 +4,8 @@ import sqlite3
 import pytest
 from support import assert_exact_except_gaps, settings_for
 
-from syncer.api import RuntypeClient
-from syncer.runner import run_sync
+from syncer.runner import run_sync, run_verify
 from syncer.simulator import Behaviour, SimulatorServer, generate
-from syncer.store import Store
-from syncer.verify import queue_differences, verify
 
 
 @pytest.fixture
@@ -21,16 +18,7 @@ def synced(tmp_path):
 
 
 def check(server, db, fix=False):
-    settings = settings_for(server, db)
-    store = Store.open(str(db)) if fix else Store.open_readonly(str(db))
-    try:
-        with RuntypeClient(settings) as client:
-            report = verify(settings, store, client)
-            if fix:
-                queue_differences(store, report)
-            return report
-    finally:
-        store.close()
+    return run_verify(settings_for(server, db), fix=fix)
 
 
 def test_a_fresh_mirror_verifies_clean_with_known_gaps_listed(synced):
