@@ -118,26 +118,40 @@ class RuntypeClient:
             params["surfaceId"] = surface_id
         body, response = self._get_json(CONVERSATIONS, params, "conversation_list_response")
         pagination = body.get("pagination") or {}
+        next_cursor = pagination.get("nextCursor")
+        has_more = pagination.get("hasMore")
         return ListPage(
             records=body["data"],
-            next_cursor=pagination.get("nextCursor"),
-            has_more=bool(pagination.get("hasMore")),
+            next_cursor=next_cursor,
+            has_more=bool(next_cursor) if has_more is None else bool(has_more),
             total_count=pagination.get("totalCount"),
             server_time=_server_time(response),
         )
 
     def get_conversation(self, cid: str) -> dict:
         body, _ = self._get_json(conversation_path(cid), {}, "conversation_detail_envelope")
+        wrapped = body.get("data")
+        if "id" not in body and isinstance(wrapped, dict) and "id" in wrapped:
+            return wrapped          # a server that wraps single records in {"data": ...}
         return body
 
     def list_messages(self, cid: str, *, order: str = "desc", offset: int | None = None,
-                      limit: int = MESSAGE_PAGE) -> list:
+                      cursor: str | None = None, limit: int = MESSAGE_PAGE) -> tuple[list, str | None]:
+        """One page of a conversation's messages, and the next cursor if the server offers
+        one (undocumented; some servers paginate messages like the conversation list)."""
         params: dict[str, str | int] = {"limit": limit, "order": order}
         if offset:
             params["offset"] = offset
+        if cursor:
+            params["cursor"] = cursor
         body, _ = self._get_json(conversation_path(cid) + "/messages", params,
                                  "message_list_response")
-        return body["data"]
+        pagination = body.get("pagination")
+        next_cursor = None
+        if isinstance(pagination, dict) and pagination.get("hasMore") is not False:
+            candidate = pagination.get("nextCursor")
+            next_cursor = candidate if isinstance(candidate, str) and candidate else None
+        return body["data"], next_cursor
 
     # -- transport ---------------------------------------------------------------------------
     def _get_json(self, path: str, params: dict, kind: str) -> tuple[dict, httpx.Response]:
@@ -212,7 +226,7 @@ class RuntypeClient:
             what = "refused the API key" if status == 401 else "the API key lacks messaging read scope"
             return AuthError(f"{what} (HTTP {status}); check {'RUNTYPE_API_KEY'}",
                              path=path, status=status)
-        if status == 404:
+        if status in (404, 410):
             return NotFoundError(text, path=path, status=status)
         if status == 400:
             return BadRequestError(text, path=path, status=status)

@@ -359,7 +359,7 @@ class Sync:
         held, newest, was_complete = self.store.message_state(cid)
         if count == 0 and held == 0:
             return [], True, False
-        raw = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
+        raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
         page = self._valid_messages(cid, raw, rejects)
         ids = [m["id"] for m in page]
         ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
@@ -371,42 +371,60 @@ class Sync:
                 # the gap the server cannot close stays what it was; only the new are read
                 return new, False, False
         collected = {m["id"]: m for m in page}
-        truncated = len(raw) >= MESSAGE_PAGE and len(collected) < count
-        if truncated and self._offset_paging is not False:
-            self._page_by_offset(cid, count, len(raw), collected, rejects)
-        if len(collected) < count and len(raw) >= MESSAGE_PAGE:
-            oldest = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
-            for m in self._valid_messages(cid, oldest, rejects):
-                collected.setdefault(m["id"], m)
+        if len(raw) >= MESSAGE_PAGE and len(collected) < count:
+            self._read_further(cid, count, len(raw), next_cursor, collected, rejects)
+            if len(collected) < count:
+                oldest, _ = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
+                for m in self._valid_messages(cid, oldest, rejects):
+                    collected.setdefault(m["id"], m)
         complete = len(collected) == count and not rejects
-        if not complete and len(collected) + held < count:
+        if len(collected) < count:
             log.info("conversation %s: the server serves %d of its %d messages",
                      cid, len(collected), count)
         return list(collected.values()), complete, complete
 
-    def _page_by_offset(self, cid: str, count: int, offset: int, collected: dict,
-                        rejects: list) -> None:
-        """Try the undocumented `offset` parameter, trusting it only when it returns messages
-        not seen before; stop on an overlap-only page, a short page, or the page budget."""
-        budget = count // MESSAGE_PAGE + 2
+    def _read_further(self, cid: str, count: int, offset: int, cursor: str | None,
+                      collected: dict, rejects: list) -> None:
+        """Past the first 100: follow a message cursor if the server offers one, else try the
+        undocumented `offset` parameter. Either is trusted only while it returns messages not
+        seen before; an overlap-only page, a refusal, a repeated cursor, a short page or the
+        page budget ends the reading."""
+        if cursor is None and self._offset_paging is False:
+            return
+        budget, cursors = count // MESSAGE_PAGE + 2, set()
         while len(collected) < count and budget > 0:
             budget -= 1
-            raw = self.client.list_messages(cid, order="desc", offset=offset, limit=MESSAGE_PAGE)
-            page = self._valid_messages(cid, raw, rejects)
-            fresh = [m for m in page if m["id"] not in collected]
-            if raw and not fresh:
-                if self._offset_paging is None:
-                    log.info("the server ignores the offset parameter on messages; "
-                             "conversations over %d messages will have gaps", MESSAGE_PAGE)
-                self._offset_paging = False
+            by_cursor = cursor is not None
+            if by_cursor and cursor in cursors:
                 return
-            if fresh:
+            cursors.add(cursor)
+            where = {"cursor": cursor} if by_cursor else {"offset": offset}
+            try:
+                raw, cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE,
+                                                        **where)
+            except BadRequestError:
+                if not by_cursor:
+                    self._offset_unsupported()
+                return
+            fresh = [m for m in self._valid_messages(cid, raw, rejects)
+                     if m["id"] not in collected]
+            if not fresh:
+                if raw and not by_cursor:
+                    self._offset_unsupported()
+                return
+            if not by_cursor:
                 self._offset_paging = True
             for m in fresh:
                 collected[m["id"]] = m
             offset += len(raw)
-            if len(raw) < MESSAGE_PAGE:
+            if (by_cursor and cursor is None) or (not by_cursor and len(raw) < MESSAGE_PAGE):
                 return
+
+    def _offset_unsupported(self) -> None:
+        if self._offset_paging is None:
+            log.info("the server does not page messages by offset; conversations over %d "
+                     "messages will have gaps", 2 * MESSAGE_PAGE)
+        self._offset_paging = False
 
     # -- deletions ---------------------------------------------------------------------------
     def _reconcile(self, run_id: int) -> None:

@@ -225,3 +225,58 @@ def test_key_is_sent_only_as_bearer_header(tmp_path):
         assert headers["Authorization"] == f"Bearer {KEY}"
         assert KEY not in path and KEY not in json.dumps(query)
         assert headers["User-Agent"].startswith("syncer/")
+
+
+def _paged_messages(cid, total, mode):
+    """A server with `total` messages in conversation `cid` whose message list pages by
+    `mode`: 'cursor' (pagination.nextCursor), 'reject' (400 on any offset), 'none'."""
+    msgs = [message(cid, n) for n in range(total)]
+
+    def respond(path, query):
+        if path == LIST:
+            return 200, {}, page([conversation(cid, total)])
+        if not path.endswith("/messages"):
+            return 200, {}, conversation(cid, total)
+        ordered = msgs[::-1] if query.get("order") == "desc" else msgs
+        if mode == "reject" and "offset" in query:
+            return 400, {}, {"error": "unknown parameter offset"}
+        start = int(query.get("cursor", "0")) if mode == "cursor" else 0
+        chunk = ordered[start:start + 100]
+        more = mode == "cursor" and start + 100 < total
+        return 200, {}, {"data": chunk, "totalCount": total,
+                         "pagination": {"hasMore": more,
+                                        "nextCursor": str(start + 100) if more else None}}
+    return HostileServer(respond)
+
+
+def test_messages_paged_by_cursor_are_read_whole(tmp_path):
+    with _paged_messages("c1", 345, "cursor") as s:
+        summary = run_sync(settings(s, tmp_path / "m.db"))
+    assert summary.outcome == "ok" and summary.gaps == []
+    assert rows(tmp_path / "m.db", "SELECT count(DISTINCT id), count(*) FROM messages") == \
+        [(345, 345)]
+    assert s.count(LIST + "/c1/messages") == 4
+
+
+def test_offset_refused_with_400_leaves_a_recorded_gap_not_a_failure(tmp_path):
+    with _paged_messages("c1", 345, "reject") as s:
+        summary = run_sync(settings(s, tmp_path / "m.db"))
+    assert summary.outcome == "ok"
+    assert [(cid, count, held) for cid, count, held in summary.gaps] == [("c1", 345, 200)]
+    assert rows(tmp_path / "m.db", "SELECT _messages_missing FROM conversations") == [(145,)]
+
+
+def test_detail_wrapped_in_data_and_has_more_absent(tmp_path):
+    recs = [conversation("c1", 0), conversation("c2", 0)]
+
+    def list_page(q):
+        first = q.get("cursor") is None
+        body = page([recs[0]] if first else [recs[1]], next_cursor="p2" if first else None)
+        del body["pagination"]["hasMore"]
+        return 200, {}, body
+    by_id = {r["id"]: r for r in recs}
+    with serve(recs, list_page=list_page,
+               detail=lambda cid: (200, {}, {"data": by_id[cid]})) as s:
+        summary = run_sync(settings(s, tmp_path / "m.db"))
+    assert summary.outcome == "ok"
+    assert rows(tmp_path / "m.db", "SELECT id FROM conversations ORDER BY id") == [("c1",), ("c2",)]
