@@ -83,9 +83,11 @@ def _error_text(body: bytes) -> str:
 
 
 class RuntypeClient:
-    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None):
+    def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None,
+                 stop: threading.Event | None = None):
         key = settings.require_key()
         self.settings = settings
+        self.stop = stop or threading.Event()   # set: waits end at once, no more retries
         self.counters = Counters()
         self.pacer = retry.Pacer()
         pool = settings.concurrency + 2
@@ -176,10 +178,12 @@ class RuntypeClient:
                 self.counters.add("retries")
                 wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
                 log.info("retrying GET %s in %.1fs: %s", path, wait, e)
-                time.sleep(wait)
+                if self.stop.wait(wait):
+                    raise RetriesExhausted(f"{e} (not retried: stopping)", path=path,
+                                           status=e.status) from None
 
     def _request(self, path: str, params: dict) -> tuple[object, httpx.Response]:
-        self.pacer.wait()
+        self.pacer.wait(self.stop)
         self.counters.add("requests")
         started = time.monotonic()
         limit = self.settings.max_response_bytes

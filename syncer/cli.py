@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,13 +97,22 @@ def sync(app: App, full: bool, allow_insecure_http: bool):
 def _progress_printer():
     if not sys.stderr.isatty() or log.getEffectiveLevel() > logging.WARNING:
         return None
-    state = {"walked": 0, "total": None, "messages": 0}
+    state = {"walked": 0, "total": None, "messages": 0, "shown": 0.0}
+    guard = threading.Lock()
 
     def show(info: dict) -> None:
-        state.update({k: v for k, v in info.items() if v is not None})
-        total = f"/{state['total']}" if state["total"] else ""
-        click.echo(f"\r  walked {state['walked']}{total} conversations, "
-                   f"{state['messages']} messages written ", err=True, nl=False)
+        """Called from the fetch threads: counters only grow, at most ten lines a second."""
+        with guard:
+            for k, v in info.items():
+                if v is not None:
+                    state[k] = v if k == "total" else max(v, state[k])
+            now = time.monotonic()
+            if now - state["shown"] < 0.1:
+                return
+            state["shown"] = now
+            total = f"/{state['total']}" if state["total"] else ""
+            click.echo(f"\r  walked {state['walked']}{total} conversations, "
+                       f"{state['messages']} messages written ", err=True, nl=False)
     return show
 
 

@@ -1,4 +1,97 @@
 """Operating commands: daemon, status, verify."""
 from __future__ import annotations
 
-from .cli import main  # noqa: F401  (commands attach themselves to the group)
+import json
+import logging
+import sys
+import threading
+
+import click
+
+from .cli import App, _install_stop_handlers, main, pass_app
+from .config import parse_duration
+from .errors import ConfigError
+
+
+def _daemon_logging() -> None:
+    """The daemon says one line per run by default (INFO from syncer.scheduler); -q keeps only
+    errors, -v/-vv add everything. APScheduler's own warnings (a tick skipped because a run is
+    still going) go through the same handler and format."""
+    root = logging.getLogger("syncer")
+    logging.getLogger("syncer.scheduler").setLevel(
+        logging.INFO if root.level == logging.WARNING else logging.NOTSET)
+    aps = logging.getLogger("apscheduler")
+    aps.handlers[:] = root.handlers
+    aps.setLevel(max(logging.WARNING, root.level))
+    aps.propagate = False
+
+
+@main.command()
+@click.option("--interval", metavar="DURATION",
+              help="Sync every DURATION (30s, 5m, 1h); overrides [schedule].interval and cron.")
+@click.option("--cron", "cron_expr", metavar="EXPR",
+              help="Sync on a crontab schedule, local time (e.g. '*/10 * * * *'); overrides "
+                   "[schedule].")
+@click.option("--no-initial-run", is_flag=True,
+              help="Wait for the first tick instead of syncing at start.")
+@click.option("--allow-insecure-http", is_flag=True,
+              help="Allow plain http:// to a non-loopback host (sends the key in clear).")
+@pass_app
+def daemon(app: App, interval: str | None, cron_expr: str | None, no_initial_run: bool,
+           allow_insecure_http: bool):
+    """Sync on a schedule until SIGTERM or SIGINT.
+
+    Holds the mirror's writer lock for its whole life, runs one sync at a time, logs a failing
+    run and retries it at the next tick. A first signal finishes the work in hand and exits 0;
+    a second exits at once. Exits 3 after the API refuses the key 3 runs in a row, 4 if another
+    syncer is writing the mirror, 2 on a bad schedule."""
+    from .scheduler import Daemon, make_trigger, parse_interval
+    if interval and cron_expr:
+        raise ConfigError("--interval and --cron exclude each other; give one")
+    settings = app.settings(allow_insecure_http=True if allow_insecure_http else None)
+    if interval:
+        seconds, cron = parse_interval(interval), None
+    elif cron_expr:
+        seconds, cron = None, cron_expr
+    else:
+        seconds, cron = settings.schedule_interval, settings.schedule_cron
+    trigger, schedule = make_trigger(seconds, cron, settings.schedule_jitter)
+    _daemon_logging()
+    stop = threading.Event()
+    _install_stop_handlers(stop)
+    Daemon(settings, trigger, schedule=schedule, initial_run=not no_initial_run,
+           stop=stop).run()
+
+
+@main.command("status")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="json for monitoring.")
+@click.option("--check", is_flag=True,
+              help="Exit 1 when the last successful sync finished longer ago than --max-age.")
+@click.option("--max-age", default="1h", show_default=True, metavar="DURATION",
+              help="How old the last successful sync may be for --check.")
+@click.option("--runs", default=5, show_default=True, type=click.IntRange(1, 1000),
+              help="How many recent runs to list.")
+@pass_app
+def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
+    """Show recent runs, the watermark, the queue, gaps, rejects and the database size.
+
+    Reads only (never takes the writer lock), so it works while a sync runs. With --check it is
+    a health check: exit 0 healthy, 1 stale or never synced, 2 no usable database."""
+    from . import status
+    try:
+        max_seconds = parse_duration(max_age)
+    except ValueError as e:
+        raise ConfigError(f"--max-age: {e}") from None
+    settings = app.settings()
+    info = status.gather(settings.db_path, runs=runs)
+    healthy, message = status.check(info, max_seconds)
+    if fmt == "json":
+        info["check"] = {"healthy": healthy, "max_age_seconds": max_seconds, "message": message}
+        click.echo(json.dumps(info, indent=2))
+    else:
+        click.echo(status.render(info))
+        if check:
+            click.echo(message)
+    if check and not healthy:
+        sys.exit(1)

@@ -57,13 +57,16 @@ class Pacer:
         self._next = 0.0
         self._interval = 0.0
 
-    def wait(self) -> None:
+    def wait(self, stop: threading.Event | None = None) -> None:
         with self._lock:
             now = time.monotonic()
             start = max(now, self._next)
             self._next = start + self._interval
         if start > now:
-            time.sleep(start - now)
+            if stop is not None:
+                stop.wait(start - now)
+            else:
+                time.sleep(start - now)
 
     def observe(self, headers: Mapping[str, str]) -> None:
         limit = _number(headers.get("x-ratelimit-limit"))

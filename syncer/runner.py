@@ -19,7 +19,8 @@ def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | 
     with lock.writing(settings.db_path):
         store = Store.open(settings.db_path)
         try:
-            with RuntypeClient(settings, transport=transport) as client:
+            stop = stop or threading.Event()
+            with RuntypeClient(settings, transport=transport, stop=stop) as client:
                 return Sync(settings, store, client, full=full, stop=stop,
                             progress=progress).run()
         finally:

@@ -161,10 +161,12 @@ class Store:
     def queue_size(self) -> int:
         return self.conn.execute("SELECT count(*) FROM _sync_queue").fetchone()[0]
 
-    def record_failure(self, cid: str, error: str) -> None:
+    def record_failure(self, cid: str, error: str, run_id: int | None = None) -> None:
         with self.transaction():
             self.conn.execute("UPDATE _sync_queue SET attempts = attempts + 1, last_error = ? "
                               "WHERE id = ?", (error[:500], cid))
+            if run_id is not None:
+                self.add_to_run(run_id, {"conversations_failed": 1})
 
     def mark_seen(self, ids: list[str]) -> None:
         self.conn.executemany("INSERT OR IGNORE INTO _walk_seen (id) VALUES (?)",
@@ -267,14 +269,18 @@ class Store:
             self.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
 
     def save_conversation(self, row: dict, messages: list[dict], *, complete: bool,
-                          drop_others: bool) -> tuple[int, int]:
-        """Commit a conversation, its messages and its completeness, and take it off the queue.
+                          drop_others: bool, run_id: int | None = None,
+                          rejects: list[tuple[str, object, str]] = ()) -> tuple[int, int]:
+        """Commit a conversation, its messages, its completeness, the records rejected while
+        reading it and the run's counters, and take it off the queue: one transaction.
 
         `drop_others`: the messages are the conversation's whole upstream set, so held messages
         not among them were deleted upstream. Returns (messages written, messages missing).
         """
         synced_at = now_utc()
         with self.transaction():
+            for endpoint, record, reason in rejects:
+                self.reject(endpoint, record, reason)
             self._upsert_conversation(row, synced_at)
             written = self._upsert_messages(messages, synced_at)
             if drop_others:
@@ -289,9 +295,12 @@ class Store:
                 "_messages_complete = ? WHERE id = ?",
                 (held, missing, int(complete), row["id"]))
             self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (row["id"],))
+            if run_id is not None:
+                self.add_to_run(run_id, {"conversations_changed": 1, "messages_written": written,
+                                         "gaps": int(missing > 0), "rejects": len(rejects)})
         return written, missing
 
-    def mark_deleted(self, ids: list[str]) -> int:
+    def mark_deleted(self, ids: list[str], run_id: int | None = None) -> int:
         """Tombstone conversations gone upstream (rows and messages are kept) and dequeue them."""
         at = now_utc()
         n = 0
@@ -302,6 +311,8 @@ class Store:
                     f"UPDATE conversations SET _deleted_at = ? "
                     f"WHERE id IN ({marks}) AND _deleted_at IS NULL", [at, *chunk]).rowcount
                 self.conn.execute(f"DELETE FROM _sync_queue WHERE id IN ({marks})", chunk)
+            if run_id is not None:
+                self.add_to_run(run_id, {"conversations_deleted": n})
         return n
 
     def reject(self, endpoint: str, record: object, reason: str) -> None:

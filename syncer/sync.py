@@ -84,7 +84,7 @@ class Sync:
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Summary:
         started = time.monotonic()
-        run_id = self.store.start_run(self.mode)
+        run_id = self.run_id = self.store.start_run(self.mode)
         summary = Summary(run_id=run_id, mode=self.mode)
         before = self.client.counters.snapshot()
         walk_started: str | None = None
@@ -290,12 +290,9 @@ class Sync:
             fetched = self._fetch(cid)
             if fetched is None:
                 return
-            with self.store.transaction():
-                for endpoint, record, reason in fetched.rejects:
-                    self.store.reject(endpoint, record, reason)
             written, missing = self.store.save_conversation(
                 fetched.row, fetched.messages, complete=fetched.complete,
-                drop_others=fetched.drop_others)
+                drop_others=fetched.drop_others, run_id=self.run_id, rejects=fetched.rejects)
             with self._lock:
                 self._counts["conversations_changed"] += 1
                 self._counts["messages_written"] += written
@@ -303,7 +300,7 @@ class Sync:
                 self._counts["gaps"] += bool(missing)
             self._report({"messages": self._counts["messages_written"]})
         except NotFoundError:
-            n = self.store.mark_deleted([cid])
+            n = self.store.mark_deleted([cid], self.run_id)
             with self._lock:
                 self._counts["conversations_deleted"] += n
         except AuthError:
@@ -311,7 +308,7 @@ class Sync:
             raise
         except (ApiError, BadRecord) as e:
             log.warning("conversation %s failed, will retry next run: %s", cid, e)
-            self.store.record_failure(cid, str(e))
+            self.store.record_failure(cid, str(e), self.run_id)
             with self._lock:
                 self._counts["conversations_failed"] += 1
 
@@ -328,6 +325,7 @@ class Sync:
             with self.store.transaction():
                 self.store.reject(endpoint, record, reason)
                 self.store.dequeue(cid)
+                self.store.add_to_run(self.run_id, {"rejects": 1})
             with self._lock:
                 self._counts["rejects"] += 1
             return None
@@ -436,7 +434,7 @@ class Sync:
             try:
                 self.client.get_conversation(cid)
             except NotFoundError:
-                n = self.store.mark_deleted([cid])
+                n = self.store.mark_deleted([cid], self.run_id)
                 self._counts["conversations_deleted"] += n
                 continue
             with self.store.transaction():
