@@ -27,6 +27,7 @@ log = logging.getLogger("syncer")
 class App:
     config_path: str | None
     db_path: str | None
+    log_format: str = "text"
 
     def settings(self, **overrides) -> config.Settings:
         return config.load(self.config_path, db_path=self.db_path, **overrides)
@@ -42,7 +43,10 @@ class SyncerGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SyncerError as e:
-            click.echo(f"error: {e}", err=True)
+            if getattr(ctx.obj, "log_format", "text") == "json":
+                log.error("%s", e)          # one JSON line, like every other log line
+            else:
+                click.echo(f"error: {e}", err=True)
             ctx.exit(e.exit_code)
 
 
@@ -61,7 +65,7 @@ def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format):
     """Mirror Runtype messaging conversations into SQLite and use them offline."""
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format,
                   secret=os.environ.get(config.API_KEY_ENV))
-    ctx.obj = App(config_path, db_path)
+    ctx.obj = App(config_path, db_path, log_format)
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:

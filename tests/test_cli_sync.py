@@ -133,3 +133,12 @@ def test_sigkill_at_random_moments_then_rerun_is_exact(tmp_path):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         outcomes = [o for (o,) in conn.execute("SELECT outcome FROM _sync_runs ORDER BY id")]
         assert outcomes[-2:] == ["ok", "ok"] and "killed" in outcomes
+
+
+def test_errors_are_json_lines_under_json_logging(tmp_path):
+    import json
+    r = run(["--log-format", "json", "--db", str(tmp_path / "m.db"), "sync"],
+            {"RUNTYPE_BASE_URL": "http://127.0.0.1:9"})
+    assert r.returncode == 2
+    entry = json.loads(r.stderr.strip())
+    assert entry["level"] == "error" and "no API key" in entry["message"]
