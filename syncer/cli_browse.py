@@ -1,4 +1,230 @@
-"""Read commands over the local mirror: search, show, conversations, stats, export."""
+"""Read commands over the local mirror: search, show, conversations, stats, export.
+
+They need no API key and no network, open the database read-only (a missing or foreign file is
+an error, exit 2, and is never created), and default to a table on a terminal and to JSON Lines
+(JSON for show and stats) when the output is piped.
+"""
 from __future__ import annotations
 
-from .cli import main  # noqa: F401  (commands attach themselves to the group)
+import contextlib
+import functools
+import shutil
+import sys
+
+import click
+
+from . import query, render
+from .cli import App, main, pass_app
+from .export import FORMATS, TABLES, check_format, export, private_output
+from .store import Store
+
+BOLD = ("\x1b[1;33m", "\x1b[0m")
+
+
+@contextlib.contextmanager
+def _open(app: App):
+    store = Store.open_readonly(app.settings().db_path)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def filter_options(f):
+    """The filters every read command shares; they become a `query.Filters` named `filters`."""
+    options = [
+        click.option("--status", multiple=True, help="Conversation status (repeatable)."),
+        click.option("--surface", multiple=True,
+                     help="Surface id or type, e.g. surface_002 or email (repeatable)."),
+        click.option("--role", multiple=True, help="Message role, e.g. user (repeatable)."),
+        click.option("--since", help="From this date/time or this long ago (2024-05-01, 7d)."),
+        click.option("--until", help="Before this date/time (a date means its end) or ago."),
+        click.option("--conversation", "conversation_id", help="Only this conversation."),
+        click.option("--participant", help="Part of the participant's name or email."),
+        click.option("--include-deleted", is_flag=True,
+                     help="Include conversations deleted upstream."),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, status, surface, role, since, until, conversation_id, participant,
+                include_deleted, **kwargs):
+        kwargs["filters"] = query.Filters(
+            status=status, surface=surface, role=role,
+            since=query.parse_time(since) if since else None,
+            until=query.parse_time(until, end=True) if until else None,
+            conversation=conversation_id, participant=participant,
+            include_deleted=include_deleted)
+        return f(*args, **kwargs)
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def format_option(choices=render.LISTING_FORMATS):
+    return click.option("--format", "fmt", type=click.Choice(choices),
+                        help="Output format (default: table on a terminal, else "
+                             f"{'jsonl' if 'jsonl' in choices else 'json'}).")
+
+
+def _fmt(fmt: str | None, piped: str) -> str:
+    return fmt or ("table" if sys.stdout.isatty() else piped)
+
+
+def _term_width() -> int:
+    return shutil.get_terminal_size((120, 24)).columns
+
+
+def _emit_rows(rows: list[dict], fmt: str | None, columns: list[tuple[str, str]]) -> None:
+    fmt = _fmt(fmt, "jsonl")
+    out = sys.stdout
+    if fmt == "table":
+        tty = sys.stdout.isatty()
+        mark = BOLD if tty else ("[", "]")
+        click.echo(render.table(rows, columns, _term_width(),
+                                style=lambda s: render.marked(s, mark) + (BOLD[1] if tty else "")
+                                if query.MARK[0] in s else s))
+        return
+    rows = render.plain_snippets(rows)
+    {"json": render.dump_json, "jsonl": render.dump_jsonl, "csv": render.dump_csv}[fmt](rows, out)
+
+
+SEARCH_COLUMNS = [("createdAt", "time"), ("role", "role"), ("participantName", "participant"),
+                  ("subject", "subject"), ("snippet", "match")]
+
+
+@main.command()
+@click.argument("words", nargs=-1, required=True)
+@click.option("--fts", is_flag=True, help="Pass WORDS to SQLite FTS5 as query syntax.")
+@click.option("--in", "scope", type=click.Choice(["all", "messages", "conversations"]),
+              default="all", show_default=True,
+              help="Search message content, conversation subject/participant, or both.")
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1),
+              help="At most this many hits.")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Skip this many hits first (for paging).")
+@filter_options
+@format_option()
+@pass_app
+def search(app: App, words, fts, scope, limit, offset, filters, fmt):
+    """Full-text search of the mirror, best match (bm25) first, newest first on ties.
+
+    WORDS are plain words that must all appear (punctuation is just a separator); a hit on a
+    conversation's subject or participant is a row of its own with kind "conversation"."""
+    with _open(app) as store:
+        hits = query.search(store, " ".join(words), filters, limit=limit, offset=offset,
+                            fts=fts, scope=scope)
+    _emit_rows(hits, fmt, SEARCH_COLUMNS)
+
+
+@main.command()
+@click.argument("conversation_id")
+@format_option(("table", "json"))
+@pass_app
+def show(app: App, conversation_id, fmt):
+    """Show one conversation: its header and every message in order."""
+    with _open(app) as store:
+        thread = query.show(store, conversation_id)
+    if _fmt(fmt, "json") == "json":
+        render.dump_json(thread, sys.stdout)
+        return
+    click.echo(_thread_text(thread))
+
+
+def _thread_text(t: dict) -> str:
+    held, count = t["_messages_held"], t["messageCount"]
+    complete = "complete" if t["_messages_complete"] else f"incomplete ({held} of {count} held)"
+    surface = (t.get("surface") or {}).get("name") or t["surfaceId"]
+    lines = [f"{t['subject'] or '(no subject)'}",
+             f"  {t['id']}  {t['status']}  via {surface}",
+             f"  participant: {t['participantName'] or ''} <{t['participantEmail'] or ''}>",
+             f"  created {t['createdAt']}  updated {t['updatedAt']}  "
+             f"last message {t['lastMessageAt'] or '-'}",
+             f"  {count} messages, {complete}" +
+             (f"; DELETED upstream at {t['_deleted_at']}" if t["_deleted_at"] else ""), ""]
+    for m in t["messages"]:
+        lines.append(f"[{render._cell(m['createdAt'])}] {m['role']}:")
+        lines += ["    " + line for line in (m["content"] or "").splitlines() or [""]]
+    return "\n".join(lines)
+
+
+CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "status"),
+                        ("surfaceId", "surface"), ("messageCount", "msgs"),
+                        ("participantName", "participant"), ("subject", "subject")]
+
+
+@main.command("conversations")
+@click.option("--sort", type=click.Choice(list(query.SORTS)), default="updated",
+              show_default=True, help="Newest (or most messages) first.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(0),
+              help="At most this many (0: all).")
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+              help="Skip this many first (for paging).")
+@filter_options
+@format_option()
+@pass_app
+def conversations_command(app: App, sort, limit, offset, filters, fmt):
+    """List conversations (deleted ones only with --include-deleted).
+
+    --since/--until apply to updatedAt; --role keeps conversations with a message of that role."""
+    with _open(app) as store:
+        rows = query.conversations(store, filters, sort=sort, limit=limit or None, offset=offset)
+    _emit_rows(rows, fmt, CONVERSATION_COLUMNS)
+
+
+@main.command()
+@click.option("--per", type=click.Choice(["auto", "day", "week"]), default="auto",
+              show_default=True, help="Bucket size of the message volume.")
+@filter_options
+@format_option(("table", "json"))
+@pass_app
+def stats(app: App, per, filters, fmt):
+    """Counts by status, surface, role and direction; volume over time; median first-response
+    time; busiest participants. Messages are dated by createdAt, conversations by updatedAt."""
+    with _open(app) as store:
+        result = query.stats(store, filters, per=per)
+    if _fmt(fmt, "json") == "json":
+        render.dump_json(result, sys.stdout)
+        return
+    click.echo(_stats_text(result))
+
+
+def _stats_text(s: dict) -> str:
+    c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
+    median = "-" if fr["medianSeconds"] is None else _duration(fr["medianSeconds"])
+    parts = [f"{c['total']} conversations, {m['total']} messages "
+             f"({render._cell(m['first']) or '-'} to {render._cell(m['last']) or '-'})",
+             f"median first response: {median} over {fr['turns']} user turns"]
+    for title, items, key in (("conversations by status", c["byStatus"], "status"),
+                              ("conversations by surface", c["bySurface"], "surfaceId"),
+                              ("messages by role", m["byRole"], "role"),
+                              ("messages by direction", m["byDirection"], "direction")):
+        parts += ["", title, render.bar_chart([(i[key] or "(none)", i["count"]) for i in items])]
+    parts += ["", f"messages per {s['volume']['per']}",
+              render.bar_chart([(b["start"], b["messages"]) for b in s["volume"]["buckets"]]),
+              "", "busiest participants",
+              render.bar_chart([(p["participantName"] or p["participantEmail"], p["messages"])
+                                for p in s["busiestParticipants"]])]
+    return "\n".join(parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
+
+
+@main.command("export")
+@click.argument("table", type=click.Choice(TABLES))
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
+              help="parquet needs the optional extra: pip install 'syncer[parquet]'.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="File to write (default: stdout).")
+@filter_options
+@pass_app
+def export_command(app: App, table, fmt, output, filters):
+    """Export conversations or messages, streaming, to CSV, JSON Lines or Parquet."""
+    check_format(fmt)
+    with _open(app) as store, private_output(output) as out:
+        n = export(store, table, fmt, out, filters)
+    if output != "-":
+        click.echo(f"{n} {table} written to {output}", err=True)

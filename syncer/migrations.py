@@ -61,10 +61,10 @@ CREATE INDEX IF NOT EXISTS idx_messages_conversation ON messages (conversationId
 CREATE INDEX IF NOT EXISTS idx_messages_createdAt ON messages (createdAt);
 
 CREATE VIRTUAL TABLE IF NOT EXISTS messages_fts USING FTS5 (
-    content, content=messages
+    content, content="messages"
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS conversations_fts USING FTS5 (
-    subject, participantName, participantEmail, content=conversations
+    subject, participantName, participantEmail, content="conversations"
 );
 
 CREATE TABLE IF NOT EXISTS _sync_state (

@@ -1,0 +1,162 @@
+"""Benchmark of the offline read commands on a large mirror (not a test: run it by hand).
+
+    .venv/bin/python benchmarks/bench_read.py [--db /tmp/bench-read.db] [--messages 1000000]
+
+Builds (once; reused when the file exists) a mirror of at least --messages messages from the
+simulator's generator, written through the store's own save path (`Store.save_conversation`,
+the call a sync makes for every conversation) rather than over HTTP, which would only add
+request time. Then reports p50/p95 latency of typical searches, of `show` on a 300-message
+thread and of `stats`, and export throughput with the exporter's peak memory.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from syncer.simulator import generate
+from syncer.store import Store
+from syncer.transform import conversation_row, list_signature, message_row
+
+CHUNK = 10_000  # conversations generated at a time (keeps the generator's memory small)
+RARE_WORD = "xylophone"
+THREAD_ID = "conv_bench_thread_300"
+
+
+def _save(store: Store, record: dict, messages: list[dict]) -> None:
+    row = conversation_row(record)
+    row["_list_sig"] = list_signature(row)
+    store.save_conversation(row, [message_row(m) for m in messages], complete=True,
+                            drop_others=False)
+
+
+def build(path: str, messages: int, seed: int = 1) -> int:
+    """Fill a new mirror with generated data until it holds at least `messages` messages."""
+    store = Store.open(path)
+    held, chunk = 0, 0
+    started = time.perf_counter()
+    try:
+        while held < messages:
+            upstream = generate(seed + chunk, CHUNK, big_conversations=2)
+            if chunk == 0:
+                _add_extras(upstream)
+            for cid in upstream.conversation_ids():
+                batch = upstream.messages_of(cid)
+                _save(store, upstream.get(cid), batch)
+                held += len(batch)
+            chunk += 1
+            print(f"  {held:,} messages after {time.perf_counter() - started:.0f}s",
+                  file=sys.stderr)
+        store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        store.close()
+    return held
+
+
+def _add_extras(upstream) -> None:
+    """A 300-message thread for `show`, and a word found in only 20 messages."""
+    start = datetime(2024, 3, 1, tzinfo=UTC)
+    upstream.create_conversation(id=THREAD_ID, subject="Benchmark thread", createdAt=start,
+                                 updatedAt=start, participantName="Bench Mark")
+    for n in range(300):
+        upstream.add_message(THREAD_ID, f"message {n} of the long thread about billing",
+                             role="user" if n % 2 == 0 else "assistant",
+                             createdAt=start + timedelta(minutes=n))
+    for n, cid in enumerate(upstream.conversation_ids()[:20]):
+        upstream.add_message(cid, f"the {RARE_WORD} order arrived broken",
+                             createdAt=start + timedelta(hours=n))
+
+
+def _timed(fn, runs: int) -> tuple[float, float]:
+    fn()  # warm the page cache and the statement cache
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
+
+
+def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[float, int, int]:
+    """Export in a fresh process; returns (seconds, rows, peak RSS in MiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"out.{fmt}"
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "syncer", "--db", path, "export", table,
+                                 "--format", fmt, "-o", str(out), *extra],
+                                stderr=subprocess.PIPE, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - started
+        message = proc.stderr.read()
+        proc.stderr.close()
+        if status:
+            raise SystemExit(f"export failed: {message}")
+        rows = int(message.split()[0])
+    return seconds, rows, usage.ru_maxrss // 1024
+
+
+def measure(path: str, runs: int) -> list[str]:
+    from syncer import query
+    store = Store.open_readonly(path)
+    lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
+    cases = [
+        ("search common word `refund`", lambda: query.search(store, "refund")),
+        ("search common word `the`", lambda: query.search(store, "the")),
+        (f"search rare word `{RARE_WORD}`", lambda: query.search(store, RARE_WORD)),
+        ("search two words `refund billing`", lambda: query.search(store, "refund billing")),
+        ("search `refund` --status open --role user", lambda: query.search(
+            store, "refund", query.Filters(status=("open",), role=("user",)))),
+        ("search `café` --since 2024-05-01", lambda: query.search(
+            store, "café", query.Filters(since="2024-05-01T00:00:00.000000Z"))),
+        ("search `refund` --conversation (300-message thread)", lambda: query.search(
+            store, "billing", query.Filters(conversation=THREAD_ID))),
+        ("show a 300-message thread", lambda: query.show(store, THREAD_ID)),
+    ]
+    for name, fn in cases:
+        p50, p95 = _timed(fn, runs)
+        lines.append(f"| {name} | {p50:.1f} | {p95:.1f} |")
+    for name, fn, n in [
+            ("stats, whole mirror", lambda: query.stats(store), 3),
+            ("stats --since 2024-05-01", lambda: query.stats(
+                store, query.Filters(since="2024-05-01T00:00:00.000000Z")), 5)]:
+        p50, p95 = _timed(fn, n)
+        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
+    store.close()
+    lines += ["", "| export | rows | seconds | rows/s | peak RSS MiB |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for table, fmt, extra in [("messages", "csv", ["--since", "2024-05-01"]),
+                              ("messages", "csv", []), ("messages", "jsonl", []),
+                              ("messages", "parquet", []), ("conversations", "csv", [])]:
+        seconds, rows, rss = _export_run(path, table, fmt, extra)
+        label = f"{table} {fmt}" + (f" {' '.join(extra)}" if extra else "")
+        lines.append(f"| {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {rss} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "bench-read.db"))
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    if not Path(args.db).exists():
+        print(f"building {args.db} ...", file=sys.stderr)
+        started = time.perf_counter()
+        held = build(args.db, args.messages)
+        print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
+              file=sys.stderr)
+    print("\n".join(measure(args.db, args.runs)))
+    print(f"\n(peak RSS of this process: "
+          f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)")
+
+
+if __name__ == "__main__":
+    main()

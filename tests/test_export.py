@@ -1,0 +1,177 @@
+"""`syncer export`: CSV, JSONL and Parquet read back with real readers equal the database."""
+import csv
+import io
+import json
+import sqlite3
+import sys
+from datetime import datetime
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from syncer.cli import main
+from syncer.config import Settings
+from syncer.export import ExportError, export
+from syncer.query import Filters
+from syncer.runner import run_sync
+from syncer.simulator import Behaviour, SimulatorServer, generate
+from syncer.store import Store
+
+JSON_FIELDS = {"context", "participantMetadata", "surface", "metadata"}
+TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("export") / "mirror.db")
+    upstream = generate(seed=13, conversations=80)
+    upstream.add_message(upstream.conversation_ids()[1], 'comma, "quote"\nnew line; tab\t🙂 é')
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
+                            db_path=path, concurrency=4)
+        run_sync(settings)
+        upstream.delete_conversation(upstream.conversation_ids()[0])
+        run_sync(settings, full=True)
+    return path
+
+
+def table(db, name, where="1", args=()):
+    """The rows an export should hold, in storage order, without _raw/_list_sig."""
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    sql = (f"SELECT * FROM {name} c WHERE {where} ORDER BY rowid" if name == "conversations"
+           else "SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversationId "
+                f"WHERE {where} ORDER BY m.rowid")
+    out = [{k: r[k] for k in r.keys() if k not in ("_raw", "_list_sig")}
+           for r in conn.execute(sql, args)]
+    conn.close()
+    return out
+
+
+def run(db, table_name, fmt, filters=Filters()):
+    buffer = io.BytesIO()
+    with _open(db) as store:
+        n = export(store, table_name, fmt, buffer, filters)
+    return n, buffer.getvalue()
+
+
+class _open:
+    def __init__(self, db):
+        self.store = Store.open_readonly(db)
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        self.store.close()
+
+
+@pytest.mark.parametrize("name", ["conversations", "messages"])
+def test_csv_round_trip(db, name):
+    n, data = run(db, name, "csv")
+    back = list(csv.DictReader(io.StringIO(data.decode("utf-8"), newline="")))
+    want = [{k: "" if v is None else str(v) for k, v in r.items()}
+            for r in table(db, name, "c._deleted_at IS NULL")]
+    assert back == want and n == len(want)
+
+
+@pytest.mark.parametrize("name", ["conversations", "messages"])
+def test_jsonl_round_trip(db, name):
+    n, data = run(db, name, "jsonl")
+    back = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+    want = [{k: json.loads(v) if k in JSON_FIELDS and v is not None else v
+             for k, v in r.items()} for r in table(db, name, "c._deleted_at IS NULL")]
+    assert back == want and n == len(want)
+    assert any(isinstance(r.get("metadata", r.get("surface")), dict) for r in back)
+
+
+def as_datetime(value):
+    return None if value is None else datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+@pytest.mark.parametrize("name", ["conversations", "messages"])
+def test_parquet_round_trip_with_types(db, name):
+    n, data = run(db, name, "parquet", Filters(include_deleted=True))
+    read = pq.read_table(pa.BufferReader(data))
+    for field in read.schema:
+        if field.name in TIMESTAMPS:
+            assert field.type == pa.timestamp("us", tz="UTC"), field
+        elif field.name in ("messageCount", "_messages_held", "_messages_missing",
+                            "_messages_complete"):
+            assert field.type == pa.int64()
+        else:
+            assert field.type == pa.string()
+    want = [{k: as_datetime(v) if k in TIMESTAMPS else v for k, v in r.items()}
+            for r in table(db, name)]
+    assert read.to_pylist() == want and n == len(want)
+
+
+def test_filters_apply_to_exports(db):
+    since = "2024-01-01T00:00:00.000000Z"
+    _, data = run(db, "messages", "jsonl", Filters(since=since, role=("user",),
+                                                   status=("open",)))
+    got = [json.loads(line)["id"] for line in data.decode().splitlines()]
+    want = [r["id"] for r in table(db, "messages", "c._deleted_at IS NULL AND m.createdAt >= ? "
+                                   "AND m.role = 'user' AND c.status = 'open'", (since,))]
+    assert got == want and got
+    _, data = run(db, "conversations", "csv", Filters(surface=("email",), until=since))
+    got = [r["id"] for r in csv.DictReader(io.StringIO(data.decode()))]
+    assert got == [r["id"] for r in table(db, "conversations", "c._deleted_at IS NULL AND "
+                                          "c.surfaceId = 'surface_002' AND c.updatedAt < ?",
+                                          (since,))]
+
+
+def test_empty_parquet_export_keeps_the_schema(db):
+    n, data = run(db, "messages", "parquet", Filters(conversation="conv_none"))
+    read = pq.read_table(pa.BufferReader(data))
+    assert (n, read.num_rows, read.schema.field("createdAt").type) == \
+        (0, 0, pa.timestamp("us", tz="UTC"))
+
+
+def test_cli_to_file_and_stdout(db, tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "m.parquet"
+    result = runner.invoke(main, ["--db", db, "export", "messages", "--format", "parquet",
+                                  "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).num_rows == len(table(db, "messages", "c._deleted_at IS NULL"))
+    result = runner.invoke(main, ["--db", db, "export", "conversations", "--format", "jsonl",
+                                  "--status", "closed"])
+    assert {json.loads(line)["status"] for line in result.output.splitlines()} == {"closed"}
+
+
+def test_parquet_without_pyarrow_is_a_clear_error(db, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with _open(db) as store, pytest.raises(ExportError, match=r"syncer\[parquet\]"):
+        export(store, "messages", "parquet", io.BytesIO())
+    out = tmp_path / "m.parquet"
+    result = CliRunner().invoke(main, ["--db", db, "export", "messages", "--format", "parquet",
+                                       "-o", str(out)])
+    assert result.exit_code == 2 and "pip install 'syncer[parquet]'" in result.output
+    assert not out.exists()
+
+
+def test_export_file_is_private_and_appears_only_when_complete(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from syncer.export import private_output
+    target = tmp_path / "out.csv"
+    with private_output(str(target)) as out:
+        out.write(b"a,b\n")
+        assert not target.exists()
+    assert target.read_bytes() == b"a,b\n"
+    assert oct(os.stat(target).st_mode & 0o777) == "0o600"
+    try:
+        with private_output(str(target)) as out:
+            out.write(b"half")
+            raise RuntimeError("disk full")
+    except RuntimeError:
+        pass
+    assert target.read_bytes() == b"a,b\n" and sorted(os.listdir(tmp_path)) == ["out.csv"]
+    r = subprocess.run([sys.executable, "-m", "syncer", "--db", str(tmp_path / "none.db"),
+                        "export", "messages", "-o", str(tmp_path / "no" / "dir.csv")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,0 +1,261 @@
+"""`syncer search`: results equal a direct scan of the data, every filter, ranking, formats."""
+import json
+import sqlite3
+import unicodedata
+
+import pytest
+from click.testing import CliRunner
+
+from syncer.cli import main
+from syncer.config import Settings
+from syncer.query import Filters, QueryError, fts_phrases, search
+from syncer.runner import run_sync
+from syncer.simulator import Behaviour, SimulatorServer, generate
+from syncer.store import Store
+
+SPECIAL = [
+    "Ça coûte 19,99 € — naïve QUESTION: C++/CLI or C#? ZÜRICH İstanbul",
+    'say "hello" -minus NEAR(a b) AND OR NOT * ^ : col:umn',
+    "Οδυσσέας wrote: ありがとう！東京へ 🙂 e-mail me at o'brien@example.com",
+    "cafe vs café vs CAFÉ vs Café — résumé, naive, Nguyễn Văn",
+]
+WORDS = [
+    "refund", "REFUND", "café", "cafe", "CAFÉ", "naïve", "naive", "résumé", "Straße",
+    "strasse", "Zürich", "zurich", "São", "München", "東京", "ありがとう", "返金", "مرحبا", "don't",
+    "C++", "C#", "Node.js", "e-mail", "follow-up", '"urgent"', "$19.99", "#1234", "50%", '"',
+    "-", "NEAR", "AND", "OR", "NOT", "(again)", "[draft]", "it's", "Ελύτης", "Nguyễn",
+    "refund billing", "thanks hello", "İstanbul", "col:umn", "*", "o'brien", "José", "jane",
+]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("search") / "mirror.db")
+    upstream = generate(seed=3, conversations=150)
+    ids = upstream.conversation_ids()
+    for n, text in enumerate(SPECIAL):
+        upstream.add_message(ids[n], text, createdAt=f"2024-05-2{n}T10:00:00Z")
+    upstream.add_message(ids[10], "a refund for a conversation deleted later")
+    upstream.create_conversation(subject="Zebra crossing — Ünïcode", participantName="Zoë Q",
+                                 participantEmail="zoe.q@example.com")
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
+                            db_path=path, concurrency=4)
+        run_sync(settings)
+        upstream.delete_conversation(ids[10])
+        run_sync(settings, full=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(db):
+    store = Store.open_readonly(db)
+    yield store
+    store.close()
+
+
+def rows(db, sql, args=()):
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    out = [dict(r) for r in conn.execute(sql, args)]
+    conn.close()
+    return out
+
+
+# -- a direct scan, tokenizing like FTS5's unicode61 (remove_diacritics=1) ---------------------
+def fold(ch: str) -> str:
+    """unicode61: a Latin letter with one diacritic loses it; then lower case (σ for ς)."""
+    d = unicodedata.normalize("NFD", ch)
+    if len(d) == 2 and d[0].isascii() and unicodedata.combining(d[1]):
+        ch = d[0]
+    low = ch.lower()
+    return {"ς": "σ"}.get(low, low if len(low) == 1 else ch)
+
+
+def tokens(text: str | None) -> list[str]:
+    """Runs of letters, digits and private-use characters (categories L*, N*, Co)."""
+    out, word = [], []
+    for ch in text or "":
+        if unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "Co":
+            word.append(fold(ch))
+        elif word:
+            out.append("".join(word))
+            word = []
+    if word:
+        out.append("".join(word))
+    return out
+
+
+def has_phrase(toks: list[str], phrase: list[str]) -> bool:
+    n = len(phrase)
+    return any(toks[i:i + n] == phrase for i in range(len(toks) - n + 1))
+
+
+def matches(texts: list[str | None], query: str) -> bool:
+    """Every whitespace-separated word is a phrase found within one of `texts`; words without
+    tokens are ignored (as FTS5 ignores an empty phrase) but a query of only those finds nothing."""
+    phrases = [p for p in (tokens(w) for w in query.split()) if p]
+    return bool(phrases) and all(any(has_phrase(tokens(t), p) for t in texts) for p in phrases)
+
+
+def scan_messages(db, query):
+    return {r["id"] for r in rows(db, "SELECT m.id, m.content FROM messages m JOIN "
+                                      "conversations c ON c.id = m.conversationId "
+                                      "WHERE c._deleted_at IS NULL")
+            if matches([r["content"]], query)}
+
+
+def scan_conversations(db, query):
+    return {r["id"] for r in rows(db, "SELECT * FROM conversations WHERE _deleted_at IS NULL")
+            if matches([r["subject"], r["participantName"], r["participantEmail"]], query)}
+
+
+def found(store, query, **kw):
+    return search(store, query, kw.pop("filters", Filters()), limit=100_000, **kw)
+
+
+@pytest.mark.parametrize("query", WORDS)
+def test_plain_words_equal_a_scan(db, store, query):
+    hits = found(store, query)
+    assert {h["id"] for h in hits if h["kind"] == "message"} == scan_messages(db, query)
+    assert {h["id"] for h in hits if h["kind"] == "conversation"} == scan_conversations(db, query)
+
+
+def test_the_sample_finds_things(db):
+    assert all(scan_messages(db, w) for w in ("café", "don't", "C++", "東京", "AND", "Straße"))
+    assert scan_messages(db, "İstanbul") and scan_messages(db, "ZÜRICH")
+    assert scan_conversations(db, "Ünïcode") and scan_messages(db, "NEAR")
+    assert not scan_messages(db, "strasse") and not scan_messages(db, "-")
+
+
+def test_user_text_is_quoted_as_phrases():
+    assert fts_phrases('don\'t C++ " NEAR -x') == '"don\'t" "C++" """" "NEAR" "-x"'
+    assert fts_phrases("  ") == ""
+
+
+def test_ranked_by_bm25_then_newest(store):
+    hits = found(store, "refund")
+    keys = [(h["rank"], h["createdAt"]) for h in hits]
+    assert keys == sorted(keys, key=lambda k: (k[0], [-ord(c) for c in k[1]]))
+    assert len({h["rank"] for h in hits}) < len(hits)  # there are ties to break
+    assert [h["id"] for h in found(store, "refund")] == [h["id"] for h in hits]
+
+
+def test_limit_and_offset_page_through_the_same_order(store):
+    everything = [h["id"] for h in found(store, "refund")]
+    pages = [h["id"] for n in range(0, 60, 7)
+             for h in search(store, "refund", limit=7, offset=n)]
+    assert pages == everything[:63]
+
+
+def test_snippet_marks_the_words(store):
+    hit = search(store, "Zürich", limit=1, scope="messages")[0]
+    assert "\ue000" in hit["snippet"] and "\ue001" in hit["snippet"]
+
+
+FILTERS = {
+    "status": (Filters(status=("open",)), lambda m, c: c["status"] == "open"),
+    "two statuses": (Filters(status=("open", "closed")),
+                     lambda m, c: c["status"] in ("open", "closed")),
+    "surface id": (Filters(surface=("surface_002",)), lambda m, c: c["surfaceId"] == "surface_002"),
+    "surface type": (Filters(surface=("email",)), lambda m, c: c["surfaceId"] == "surface_002"),
+    "role": (Filters(role=("assistant",)), lambda m, c: m and m["role"] == "assistant"),
+    "since": (Filters(since="2024-01-01T00:00:00.000000Z"),
+              lambda m, c: (m["createdAt"] if m else c["updatedAt"]) >= "2024-01-01T00"),
+    "until": (Filters(until="2023-09-01T00:00:00.000000Z"),
+              lambda m, c: (m["createdAt"] if m else c["updatedAt"]) < "2023-09-01T00"),
+    "participant": (Filters(participant="JOSÉ"),
+                    lambda m, c: "josé" in (c["participantName"] or "").casefold()
+                    or "josé" in (c["participantEmail"] or "").casefold()),
+    "participant email": (Filters(participant="doe@EXAMPLE"),
+                          lambda m, c: "doe@example" in (c["participantEmail"] or "").lower()),
+    "include deleted": (Filters(include_deleted=True), lambda m, c: True),
+}
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_every_filter(db, store, name):
+    filters, keep = FILTERS[name]
+    convs = {c["id"]: c for c in rows(db, "SELECT * FROM conversations")}
+    msgs = {m["id"]: m for m in rows(db, "SELECT * FROM messages")}
+    query = "refund"
+    want = {("message", i) for i in scan_messages(db, query) if keep(msgs[i], convs[
+        msgs[i]["conversationId"]])}
+    if not filters.role:
+        want |= {("conversation", i) for i in scan_conversations(db, query)
+                 if keep(None, convs[i])}
+    if filters.include_deleted:
+        deleted = {i for i, c in convs.items() if c["_deleted_at"]}
+        want |= {("message", i) for i, m in msgs.items()
+                 if m["conversationId"] in deleted and matches([m["content"]], query)}
+        assert any(msgs[i]["conversationId"] in deleted for k, i in want if k == "message")
+    got = {(h["kind"], h["id"]) for h in found(store, query, filters=filters)}
+    assert got == want and got
+
+
+def test_conversation_filter_and_scope(db, store):
+    cid = rows(db, "SELECT conversationId FROM messages WHERE content LIKE '%ZÜRICH%'")[0][
+        "conversationId"]
+    hits = found(store, "zurich", filters=Filters(conversation=cid))
+    assert {h["conversationId"] for h in hits} == {cid} and hits
+    assert {h["kind"] for h in found(store, "Zebra", scope="conversations")} == {"conversation"}
+    assert found(store, "Zebra", scope="messages") == []
+
+
+def test_fts_syntax_passes_through(db, store):
+    got = {h["id"] for h in found(store, "refund NOT billing", fts=True, scope="messages")}
+    assert got == scan_messages(db, "refund") - scan_messages(db, "billing")
+    subject = {h["id"] for h in found(store, "subject:zebra", fts=True)}
+    assert subject == scan_conversations(db, "zebra")
+    with pytest.raises(QueryError):
+        found(store, "AND OR (", fts=True)
+    with pytest.raises(QueryError):
+        found(store, "nosuchcolumn:x", fts=True)
+
+
+def cli(db, *args):
+    return CliRunner().invoke(main, ["--db", db, *args])
+
+
+def test_cli_json_has_the_documented_keys(db):
+    result = cli(db, "search", "café", "--format", "json", "--limit", "3")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.output)
+    assert len(hits) == 3
+    for hit in hits:
+        assert {"id", "conversationId", "createdAt", "role", "content", "snippet", "rank",
+                "subject", "participantName", "kind"} <= set(hit)
+        assert "**" in hit["snippet"] and "\ue000" not in hit["snippet"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "table"])
+def test_cli_formats(db, fmt):
+    result = cli(db, "search", "refund", "--limit", "5", "--format", fmt)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) == (5 if fmt == "jsonl" else 6)
+    if fmt == "table":
+        assert lines[0].split() == ["time", "role", "participant", "subject", "match"]
+
+
+@pytest.mark.parametrize("words", [['"'], ["-"], ["NEAR"], ["AND"], ["don't", "C++"], ["("]])
+def test_cli_plain_words_never_a_syntax_error(db, words):
+    result = cli(db, "search", *words, "--format", "json")
+    assert result.exit_code == 0, result.output
+    assert isinstance(json.loads(result.output), list)
+
+
+def test_cli_bad_fts_is_one_line_exit_2(db):
+    result = cli(db, "search", "--fts", "AND OR (")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: bad full-text query") and \
+        result.output.count("\n") == 1
+
+
+def test_cli_filters_and_durations(db):
+    result = cli(db, "search", "refund", "--since", "3650d", "--until", "2024-12-31",
+                 "--role", "user", "--status", "open", "--format", "json", "--limit", "1000")
+    hits = json.loads(result.output)
+    assert hits and {h["role"] for h in hits} == {"user"}
+    bad = cli(db, "search", "refund", "--since", "last tuesday")
+    assert bad.exit_code == 2 and "not a date" in bad.output

@@ -1,0 +1,158 @@
+"""`syncer stats`: every figure recomputed in Python from the mirror's rows."""
+import json
+import sqlite3
+import statistics
+from collections import Counter
+from datetime import date, datetime, timedelta
+
+import pytest
+from click.testing import CliRunner
+
+from syncer.cli import main
+from syncer.config import Settings
+from syncer.query import Filters, QueryError, stats
+from syncer.runner import run_sync
+from syncer.simulator import Behaviour, SimulatorServer, generate
+from syncer.store import Store
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("stats") / "mirror.db")
+    upstream = generate(seed=11, conversations=80)
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
+                            db_path=path, concurrency=4)
+        run_sync(settings)
+        upstream.delete_conversation(upstream.conversation_ids()[0])
+        run_sync(settings, full=True)
+    return path
+
+
+def load(db):
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    convs = {r["id"]: dict(r) for r in conn.execute("SELECT * FROM conversations")}
+    msgs = [dict(r) for r in conn.execute("SELECT * FROM messages")]
+    conn.close()
+    return convs, msgs
+
+
+def counted(values, key):
+    return [{key: v, "count": n} for v, n in sorted(Counter(values).items(),
+                                                     key=lambda kv: (-kv[1], kv[0] or ""))]
+
+
+def first_responses(msgs):
+    delays = []
+    by_conv = {}
+    for m in sorted(msgs, key=lambda m: (m["createdAt"], m["id"])):
+        by_conv.setdefault(m["conversationId"], []).append(m)
+    for thread in by_conv.values():
+        for i, m in enumerate(thread):
+            if m["role"] != "user" or (i and thread[i - 1]["role"] == "user"):
+                continue
+            reply = next((r for r in thread[i + 1:] if r["role"] != "user"), None)
+            if reply:
+                delays.append(round((instant(reply["createdAt"]) - instant(m["createdAt"]))
+                                    .total_seconds(), 3))
+    return delays
+
+
+def instant(text):
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def week(text):
+    day = date.fromisoformat(text[:10])
+    return (day - timedelta(days=day.weekday())).isoformat()
+
+
+def expected(db, since=None, until=None, per="week"):
+    convs, msgs = load(db)
+    live = {i: c for i, c in convs.items() if not c["_deleted_at"]}
+    cs = [c for c in live.values() if (not since or c["updatedAt"] >= since)
+          and (not until or c["updatedAt"] < until)]
+    ms = [m for m in msgs if m["conversationId"] in live and (not since or m["createdAt"] >= since)
+          and (not until or m["createdAt"] < until)]
+    delays = first_responses(ms)
+    people = Counter()
+    threads = {}
+    for m in ms:
+        c = live[m["conversationId"]]
+        who = (c["participantEmail"] or "").lower() or c["participantName"]
+        if who:
+            people[who] += 1
+            threads.setdefault(who, set()).add(c["id"])
+    bucket = (lambda t: t[:10]) if per == "day" else week
+    names = {}
+    for c in (live[m["conversationId"]] for m in ms):
+        who = (c["participantEmail"] or "").lower() or c["participantName"]
+        names.setdefault(who, set()).add((c["participantName"], c["participantEmail"]))
+    return {
+        "since": since, "until": until,
+        "conversations": {"total": len(cs), "byStatus": counted([c["status"] for c in cs],
+                                                                 "status"),
+                          "bySurface": counted([c["surfaceId"] for c in cs], "surfaceId")},
+        "messages": {"total": len(ms), "first": min(m["createdAt"] for m in ms),
+                     "last": max(m["createdAt"] for m in ms),
+                     "byRole": counted([m["role"] for m in ms], "role"),
+                     "byDirection": counted([m["direction"] for m in ms], "direction")},
+        "volume": {"per": per, "buckets": [{"start": k, "messages": n} for k, n in sorted(
+            Counter(bucket(m["createdAt"]) for m in ms).items())]},
+        "firstResponse": {"turns": len(delays), "medianSeconds": statistics.median(delays)},
+        "busiestParticipants": [
+            {"participantName": max((n for n, _ in names[w] if n), default=None),
+             "participantEmail": max((e for _, e in names[w] if e), default=None),
+             "messages": n, "conversations": len(threads[w])}
+            for w, n in sorted(people.items(), key=lambda kv: (-kv[1], kv[0]))[:10]],
+    }
+
+
+def test_stats_of_the_whole_mirror(db):
+    with _open(db) as store:
+        assert stats(store) == expected(db)
+
+
+@pytest.mark.parametrize("since,until,per", [
+    ("2024-01-01T00:00:00.000000Z", None, "week"),
+    (None, "2023-10-01T00:00:00.000000Z", "day"),
+    ("2024-04-01T00:00:00.000000Z", "2024-05-01T00:00:00.000000Z", "day"),
+])
+def test_stats_in_a_window(db, since, until, per):
+    with _open(db) as store:
+        got = stats(store, Filters(since=since, until=until), per=per)
+    assert got == expected(db, since, until, per)
+
+
+def test_auto_period_and_bad_period(db):
+    with _open(db) as store:
+        assert stats(store, Filters(since="2024-04-01T00:00:00.000000Z", until=
+                                    "2024-05-01T00:00:00.000000Z"))["volume"]["per"] == "day"
+        assert stats(store)["volume"]["per"] == "week"
+        with pytest.raises(QueryError):
+            stats(store, per="month")
+
+
+class _open:
+    def __init__(self, db):
+        self.store = Store.open_readonly(db)
+
+    def __enter__(self):
+        return self.store
+
+    def __exit__(self, *exc):
+        self.store.close()
+
+
+def test_cli_json_and_chart(db):
+    runner = CliRunner()
+    result = runner.invoke(main, ["--db", db, "stats", "--since", "2024-01-01", "--until",
+                                  "2024-05-01", "--per", "week", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == expected(db, "2024-01-01T00:00:00.000000Z",
+                                                 "2024-05-02T00:00:00.000000Z", "week")
+    chart = runner.invoke(main, ["--db", db, "stats", "--format", "table"]).output
+    assert "conversations by status" in chart and "median first response" in chart
+    status_lines = chart.split("conversations by status\n")[1].split("\n\n")[0].splitlines()
+    assert status_lines[0].rstrip().endswith("#" * 40)
