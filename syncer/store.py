@@ -315,6 +315,13 @@ class Store:
                 self.add_to_run(run_id, {"conversations_deleted": n})
         return n
 
+    def optimize_fts(self) -> None:
+        """Merge the full-text indexes' segments into one: searches of common words score
+        their matches faster. Worth it after a large batch of writes (seconds per million)."""
+        with self.transaction():
+            for fts in ("messages_fts", "conversations_fts"):
+                self.conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('optimize')")
+
     def reject(self, endpoint: str, record: object, reason: str) -> None:
         """Quarantine a record that failed validation. Call inside a transaction."""
         rid = record.get("id") if isinstance(record, dict) else None

@@ -30,6 +30,7 @@ from .watermark import OrderCheck, is_dirty, safe_watermark
 
 log = logging.getLogger(__name__)
 
+OPTIMIZE_AFTER = 20_000              # messages written in a run before the FTS index is merged
 STATE_WALK = "walk"                  # JSON checkpoint of the walk in progress
 STATE_BUMPS = "messages_bump_updatedAt"  # "yes" / "no", learnt from the data
 
@@ -103,6 +104,10 @@ class Sync:
                 if self.store.queue_size() == 0:
                     summary.watermark = safe_watermark(parse_instant(walk_started),
                                                        self.settings.lookback)
+            if self._counts["messages_written"] >= OPTIMIZE_AFTER and not self.stop.is_set():
+                log.info("merging the full-text index after %d messages written",
+                         self._counts["messages_written"])
+                self.store.optimize_fts()
         except AuthError as e:
             summary.outcome, summary.error = "auth_failed", str(e)
         except SyncerError as e:

@@ -325,3 +325,20 @@ def test_server_clock_caps_the_watermark(tmp_path):
         from syncer.transform import parse_instant
         wm = parse_instant(summary.watermark)
         assert timedelta(seconds=55) < server_now - wm < timedelta(seconds=75)
+
+
+def test_large_runs_merge_the_full_text_index(world, monkeypatch):
+    import syncer.sync
+    upstream, server, db = world
+    monkeypatch.setattr(syncer.sync, "OPTIMIZE_AFTER", 100)
+    sync(server, db)
+    conn = sqlite3.connect(db)
+    # one merged segment per index: a single structure record plus one segment's leaves
+    levels = conn.execute("SELECT count(*) FROM messages_fts_idx WHERE segid > 0 "
+                          "GROUP BY segid").fetchall()
+    assert len(levels) == 1
+    word = conn.execute("SELECT content FROM messages LIMIT 1").fetchone()[0].split()[0]
+    hits = conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?",
+                        (f'"{word.strip(".,!?")}"',)).fetchone()[0]
+    assert hits > 0
+    assert_exact(db, upstream)
