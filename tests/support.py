@@ -109,3 +109,40 @@ def fts_ok(db_path) -> bool:
         conn.execute(f"INSERT INTO {fts}({fts}, rank) VALUES ('integrity-check', 1)")
     conn.close()
     return True
+
+
+def build_mirror(path, *, seed: int, conversations: int, prepare=None,
+                 delete: int | None = None) -> str:
+    """A mirror synced from a fresh simulator. `prepare(upstream)` changes the data before the
+    sync; `delete` is the index (among the generated ids) of a conversation then deleted
+    upstream and tombstoned by a full sync."""
+    from syncer.runner import run_sync
+    from syncer.simulator import Behaviour, SimulatorServer, generate
+    upstream = generate(seed=seed, conversations=conversations)
+    ids = upstream.conversation_ids()
+    if prepare is not None:
+        prepare(upstream)
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = Settings(base_url=server.base_url, api_key=KEY, db_path=str(path),
+                            concurrency=4)
+        run_sync(settings)
+        if delete is not None:
+            upstream.delete_conversation(ids[delete])
+            run_sync(settings, full=True)
+    return str(path)
+
+
+def dict_rows(db, sql, args=()) -> list[dict]:
+    conn = sqlite3.connect(db)
+    conn.row_factory = sqlite3.Row
+    out = [dict(r) for r in conn.execute(sql, args)]
+    conn.close()
+    return out
+
+
+def read_store(db):
+    """The read-only store as a context manager."""
+    import contextlib
+
+    from syncer.store import Store
+    return contextlib.closing(Store.open_readonly(str(db)))

@@ -10,31 +10,24 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from support import build_mirror, read_store
 
 from syncer.cli import main
-from syncer.config import Settings
 from syncer.export import ExportError, export
 from syncer.query import Filters
-from syncer.runner import run_sync
-from syncer.simulator import Behaviour, SimulatorServer, generate
-from syncer.store import Store
 
 JSON_FIELDS = {"context", "participantMetadata", "surface", "metadata"}
 TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"}
 
 
+def _tricky_text(upstream):
+    upstream.add_message(upstream.conversation_ids()[1], 'comma, "quote"\nnew line; tab\t🙂 é')
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("export") / "mirror.db")
-    upstream = generate(seed=13, conversations=80)
-    upstream.add_message(upstream.conversation_ids()[1], 'comma, "quote"\nnew line; tab\t🙂 é')
-    with SimulatorServer(upstream, Behaviour()) as server:
-        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
-                            db_path=path, concurrency=4)
-        run_sync(settings)
-        upstream.delete_conversation(upstream.conversation_ids()[0])
-        run_sync(settings, full=True)
-    return path
+    return build_mirror(tmp_path_factory.mktemp("export") / "mirror.db", seed=13,
+                        conversations=80, prepare=_tricky_text, delete=0)
 
 
 def table(db, name, where="1", args=()):
@@ -57,15 +50,7 @@ def run(db, table_name, fmt, filters=Filters()):
     return n, buffer.getvalue()
 
 
-class _open:
-    def __init__(self, db):
-        self.store = Store.open_readonly(db)
-
-    def __enter__(self):
-        return self.store
-
-    def __exit__(self, *exc):
-        self.store.close()
+_open = read_store
 
 
 @pytest.mark.parametrize("name", ["conversations", "messages"])

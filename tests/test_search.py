@@ -5,12 +5,10 @@ import unicodedata
 
 import pytest
 from click.testing import CliRunner
+from support import build_mirror, dict_rows
 
 from syncer.cli import main
-from syncer.config import Settings
 from syncer.query import Filters, QueryError, fts_phrases, search
-from syncer.runner import run_sync
-from syncer.simulator import Behaviour, SimulatorServer, generate
 from syncer.store import Store
 
 SPECIAL = [
@@ -28,23 +26,19 @@ WORDS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("search") / "mirror.db")
-    upstream = generate(seed=3, conversations=150)
+def _special_texts(upstream):
     ids = upstream.conversation_ids()
     for n, text in enumerate(SPECIAL):
         upstream.add_message(ids[n], text, createdAt=f"2024-05-2{n}T10:00:00Z")
     upstream.add_message(ids[10], "a refund for a conversation deleted later")
     upstream.create_conversation(subject="Zebra crossing — Ünïcode", participantName="Zoë Q",
                                  participantEmail="zoe.q@example.com")
-    with SimulatorServer(upstream, Behaviour()) as server:
-        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
-                            db_path=path, concurrency=4)
-        run_sync(settings)
-        upstream.delete_conversation(ids[10])
-        run_sync(settings, full=True)
-    return path
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    return build_mirror(tmp_path_factory.mktemp("search") / "mirror.db", seed=3,
+                        conversations=150, prepare=_special_texts, delete=10)
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +48,7 @@ def store(db):
     store.close()
 
 
-def rows(db, sql, args=()):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    out = [dict(r) for r in conn.execute(sql, args)]
-    conn.close()
-    return out
+rows = dict_rows
 
 
 # -- a direct scan, tokenizing like FTS5's unicode61 (remove_diacritics=1) ---------------------

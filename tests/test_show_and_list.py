@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from support import build_mirror, dict_rows
 
 from syncer.cli import main
-from syncer.config import Settings
 from syncer.query import SORTS, Filters, QueryError, conversations
-from syncer.runner import run_sync
-from syncer.simulator import Behaviour, SimulatorServer, generate
 from syncer.store import Store
 
 READ_COMMANDS = [["search", "refund"], ["show", "conv_x"], ["conversations"], ["stats"],
@@ -20,23 +18,11 @@ READ_COMMANDS = [["search", "refund"], ["show", "conv_x"], ["conversations"], ["
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("show") / "mirror.db")
-    upstream = generate(seed=5, conversations=80)
-    with SimulatorServer(upstream, Behaviour()) as server:
-        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
-                            db_path=path, concurrency=4)
-        run_sync(settings)
-        upstream.delete_conversation(upstream.conversation_ids()[3])
-        run_sync(settings, full=True)
-    return path
+    return build_mirror(tmp_path_factory.mktemp("show") / "mirror.db", seed=5,
+                        conversations=80, delete=3)
 
 
-def rows(db, sql, args=()):
-    conn = sqlite3.connect(db)
-    conn.row_factory = sqlite3.Row
-    out = [dict(r) for r in conn.execute(sql, args)]
-    conn.close()
-    return out
+rows = dict_rows
 
 
 def public(row: dict) -> dict:

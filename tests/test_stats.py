@@ -7,26 +7,16 @@ from datetime import date, datetime, timedelta
 
 import pytest
 from click.testing import CliRunner
+from support import build_mirror, read_store
 
 from syncer.cli import main
-from syncer.config import Settings
 from syncer.query import Filters, QueryError, stats
-from syncer.runner import run_sync
-from syncer.simulator import Behaviour, SimulatorServer, generate
-from syncer.store import Store
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp("stats") / "mirror.db")
-    upstream = generate(seed=11, conversations=80)
-    with SimulatorServer(upstream, Behaviour()) as server:
-        settings = Settings(base_url=server.base_url, api_key="rt_test_simulator",
-                            db_path=path, concurrency=4)
-        run_sync(settings)
-        upstream.delete_conversation(upstream.conversation_ids()[0])
-        run_sync(settings, full=True)
-    return path
+    return build_mirror(tmp_path_factory.mktemp("stats") / "mirror.db", seed=11,
+                        conversations=80, delete=0)
 
 
 def load(db):
@@ -134,15 +124,7 @@ def test_auto_period_and_bad_period(db):
             stats(store, per="month")
 
 
-class _open:
-    def __init__(self, db):
-        self.store = Store.open_readonly(db)
-
-    def __enter__(self):
-        return self.store
-
-    def __exit__(self, *exc):
-        self.store.close()
+_open = read_store
 
 
 def test_cli_json_and_chart(db):
