@@ -156,9 +156,9 @@ class Sync:
         Returns (walk start time, walk complete, stopped early)."""
         point = self._load_checkpoint()
         if point is None:
-            with self.store.transaction():
-                self.store.set_state(STATE_WALK, None)
-                if self.full:
+            if self.full or self.store.get_state(STATE_WALK) is not None:
+                with self.store.transaction():
+                    self.store.set_state(STATE_WALK, None)     # another mode's walk
                     self.store.clear_seen()
             point = {"status": self.settings.status, "surfaces": self._filters(),
                      "mode": self.mode, "index": 0, "cursor": None, "started": None}
@@ -193,7 +193,8 @@ class Sync:
                     f.cancel()
                 raise
         started = point["started"] or now_utc()
-        if complete and not self.stop.is_set():
+        if not self.stop.is_set() and self.store.get_state(STATE_WALK) is not None:
+            # done, or ended on a page not to be trusted: the next walk starts afresh
             with self.store.transaction():
                 self.store.set_state(STATE_WALK, None)
         return started, complete and not self.stop.is_set(), early

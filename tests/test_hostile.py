@@ -74,9 +74,13 @@ def test_has_more_with_empty_pages_forever_is_bounded_and_not_complete(tmp_path)
         return 200, {}, page(recs if n == 0 else [], next_cursor=str(n + 1), has_more=True)
     with serve(recs, list_page=forever) as s:
         summary = run_sync(settings(s, tmp_path / "m.db"), full=True)
-    assert sum(1 for p, _, _ in s.requests if p == LIST) == 2
-    assert summary.outcome == "partial" and summary.watermark is None
-    assert rows(tmp_path / "m.db", "SELECT id FROM conversations") == [("c1",)]
+        assert sum(1 for p, _, _ in s.requests if p == LIST) == 2
+        assert summary.outcome == "partial" and summary.watermark is None
+        assert rows(tmp_path / "m.db", "SELECT id FROM conversations") == [("c1",)]
+        # the next run does not trust that walk: it walks again from the start
+        again = run_sync(settings(s, tmp_path / "m.db"))
+        assert again.outcome == "partial" and again.counts["pages"] == 2
+        assert sum(1 for p, _, _ in s.requests if p == LIST) == 4
 
 
 def test_endless_distinct_cursors_are_bounded_by_the_announced_total(tmp_path):
