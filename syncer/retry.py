@@ -50,12 +50,18 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
 
 
 class Pacer:
-    """Shared by all request threads: call `wait()` before a request, `observe()` after."""
+    """Shared by all request threads: call `wait()` before a request, `observe()` after.
+
+    Requests are spaced evenly at the allowance, window / (limit - reserve), where the window is
+    the longest `X-RateLimit-Reset` seen: that holds for fixed windows (the allowance refills at
+    the reset) and sliding ones (it refills as old requests age out). Should the allowance
+    still run out (other clients share the key), every thread waits for the reset."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._next = 0.0
         self._interval = 0.0
+        self._window = 0.0
 
     def wait(self, stop: threading.Event | None = None) -> None:
         with self._lock:
@@ -72,15 +78,18 @@ class Pacer:
         limit = _number(headers.get("x-ratelimit-limit"))
         remaining = _number(headers.get("x-ratelimit-remaining"))
         reset = reset_seconds(headers)
-        if limit is None or remaining is None or reset is None:
+        if limit is None or remaining is None or reset is None or limit < 1:
             return
-        usable = remaining - max(1.0, limit * _RESERVE_SHARE)
+        reserve = max(1.0, limit * _RESERVE_SHARE)
         with self._lock:
-            if usable <= 0:
-                self._interval = 0.0
+            self._window = max(self._window, reset)
+            self._interval = self._window / max(limit - reserve, 1.0)
+            if remaining <= 1:
                 self._next = max(self._next, time.monotonic() + reset)
-            else:
-                self._interval = reset / usable
+
+    @property
+    def interval(self) -> float:
+        return self._interval
 
     def pause(self, seconds: float) -> None:
         """Hold every thread back: the server said 429."""
