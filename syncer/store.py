@@ -268,27 +268,60 @@ class Store:
                 f"SELECT 'delete', rowid, content FROM messages WHERE id IN ({marks})", chunk)
             self.conn.execute(f"DELETE FROM messages WHERE id IN ({marks})", chunk)
 
+    def _insert_new(self, row: dict, messages: list[dict], synced_at: str) -> bool:
+        """The fast path for a conversation the mirror has never held: plain inserts, the FTS
+        rows in one statement. False (and nothing written) if any id already exists."""
+        self.conn.execute("SAVEPOINT new_conversation")
+        try:
+            cols = [c for c in CONVERSATION_COLUMNS if c in row] + ["_list_sig", "_synced_at"]
+            rowid = self.conn.execute(
+                f"INSERT INTO conversations ({', '.join(cols)}) "
+                f"VALUES ({','.join('?' * len(cols))})",
+                [row.get(c) for c in cols[:-2]] + [row["_list_sig"], synced_at]).lastrowid
+            self.conn.execute("INSERT INTO conversations_fts (rowid, subject, participantName, "
+                              "participantEmail) VALUES (?, ?, ?, ?)",
+                              (rowid, *(row.get(c) for c in CONVERSATION_FTS)))
+            marks = ",".join("?" * (len(MESSAGE_COLUMNS) + 1))
+            self.conn.executemany(
+                f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}, _synced_at) "
+                f"VALUES ({marks})", [[m[c] for c in MESSAGE_COLUMNS] + [synced_at]
+                                      for m in messages])
+            if messages:
+                self.conn.execute("INSERT INTO messages_fts (rowid, content) SELECT rowid, "
+                                  "content FROM messages WHERE conversationId = ?", (row["id"],))
+        except sqlite3.IntegrityError:
+            self.conn.execute("ROLLBACK TO new_conversation")
+            self.conn.execute("RELEASE new_conversation")
+            return False
+        self.conn.execute("RELEASE new_conversation")
+        return True
+
     def save_conversation(self, row: dict, messages: list[dict], *, complete: bool,
-                          drop_others: bool, run_id: int | None = None,
+                          drop_others: bool, run_id: int | None = None, new: bool = False,
                           rejects: list[tuple[str, object, str]] = ()) -> tuple[int, int]:
         """Commit a conversation, its messages, its completeness, the records rejected while
         reading it and the run's counters, and take it off the queue: one transaction.
 
         `drop_others`: the messages are the conversation's whole upstream set, so held messages
-        not among them were deleted upstream. Returns (messages written, messages missing).
+        not among them were deleted upstream. `new`: the mirror did not hold the conversation
+        when it was queued (a hint for the fast path; checked). Returns (messages written,
+        messages missing).
         """
         synced_at = now_utc()
         with self.transaction():
             for endpoint, record, reason in rejects:
                 self.reject(endpoint, record, reason)
-            self._upsert_conversation(row, synced_at)
-            written = self._upsert_messages(messages, synced_at)
-            if drop_others:
-                keep = {m["id"] for m in messages}
-                gone = [i for i in self.message_ids(row["id"]) if i not in keep]
-                self._delete_messages(gone)
-                written += len(gone)
-            held = self.held_messages(row["id"])
+            if new and self._insert_new(row, messages, synced_at):
+                written = held = len(messages)
+            else:
+                self._upsert_conversation(row, synced_at)
+                written = self._upsert_messages(messages, synced_at)
+                if drop_others:
+                    keep = {m["id"] for m in messages}
+                    gone = [i for i in self.message_ids(row["id"]) if i not in keep]
+                    self._delete_messages(gone)
+                    written += len(gone)
+                held = self.held_messages(row["id"])
             missing = 0 if complete else max(row["messageCount"] - held, 0)
             self.conn.execute(
                 "UPDATE conversations SET _messages_held = ?, _messages_missing = ?, "

@@ -77,6 +77,7 @@ class Sync:
         self.full = full or self._reconcile_due()
         self.mode = "full" if self.full else "incremental"
         self._offset_paging: bool | None = None   # learnt once per run
+        self._inflight: set[str] = set()          # queued to the pool, not yet committed
         self._lock = threading.Lock()
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
@@ -221,8 +222,8 @@ class Sync:
                 point["started"] = format_instant(step.page.server_time)
             dirty, rows_seen = self._take_page(run_id, step, point, index)
             order.feed(rows_seen)
-            for cid in dirty:
-                pending = self._submit(pool, pending, cid)
+            for cid, record, new in dirty:
+                pending = self._submit(pool, pending, cid, record, new)
             self._report({"walked": self._counts["conversations_seen"],
                           "total": step.page.total_count})
             if step.suspect_end:
@@ -236,9 +237,11 @@ class Sync:
             if self.stop.is_set():
                 return False, False, pending
 
-    def _take_page(self, run_id: int, step, point: dict, index: int) -> tuple[list[str], list]:
+    def _take_page(self, run_id: int, step, point: dict,
+                   index: int) -> tuple[list[tuple[str, dict, bool]], list]:
         """Validate a page, queue its dirty conversations, checkpoint. One transaction when
-        anything is written; a page with nothing new writes nothing."""
+        anything is written; a page with nothing new writes nothing. Returns the dirty ones as
+        (id, list record, new to the mirror) and the page's rows."""
         rows: dict[str, dict] = {}
         records: dict[str, dict] = {}
         rejects = []
@@ -255,7 +258,7 @@ class Sync:
             s = stored.get(cid)
             if is_dirty(s.list_sig if s else None, s.deleted if s else False,
                         list_signature(row), s is not None):
-                dirty.append(cid)
+                dirty.append((cid, records[cid], s is None))
         self._counts["pages"] += 1
         self._counts["conversations_seen"] += len(rows)
         self._counts["rejects"] += len(rejects)
@@ -267,7 +270,7 @@ class Sync:
                 for endpoint, record, reason in rejects:
                     self.store.reject(endpoint, record, reason)
                 self.store.enqueue_records(
-                    [(cid, "changed", json.dumps(records[cid])) for cid in dirty])
+                    [(cid, "changed", json.dumps(record)) for cid, record, _ in dirty])
                 if self.full:
                     self.store.mark_seen(list(rows))
                 self.store.set_state(STATE_WALK, json.dumps(nxt))
@@ -277,28 +280,44 @@ class Sync:
         return dirty, list(rows.values())
 
     # -- fetching ----------------------------------------------------------------------------
-    def _submit(self, pool: ThreadPoolExecutor, pending: set[Future], cid: str) -> set[Future]:
+    def _submit(self, pool: ThreadPoolExecutor, pending: set[Future], cid: str,
+                record: dict | None = None, new: bool = False) -> set[Future]:
+        """Fetch a conversation in the pool, holding the walk back while too many are in flight
+        (memory stays flat). One already in flight is not fetched twice (a shifting list can
+        show it twice); one already committed is no longer dirty when it shows again."""
+        with self._lock:
+            if cid in self._inflight:
+                return pending
+            self._inflight.add(cid)
         while len(pending) >= self.settings.concurrency * 4:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 f.result()
-        pending.add(pool.submit(self._process, cid))
+        pending.add(pool.submit(self._process, cid, record, new))
         return pending
 
     def _drain(self, pending: set[Future]) -> None:
         for f in list(pending):
             f.result()
 
-    def _process(self, cid: str) -> None:
+    def _process(self, cid: str, record: dict | None = None, new: bool = False) -> None:
+        try:
+            self._process_one(cid, record, new)
+        finally:
+            with self._lock:
+                self._inflight.discard(cid)
+
+    def _process_one(self, cid: str, record: dict | None, new: bool) -> None:
         if self.stop.is_set():
             return
         try:
-            fetched = self._fetch(cid)
+            fetched = self._fetch(cid, record, new)
             if fetched is None:
                 return
             written, missing = self.store.save_conversation(
                 fetched.row, fetched.messages, complete=fetched.complete,
-                drop_others=fetched.drop_others, run_id=self.run_id, rejects=fetched.rejects)
+                drop_others=fetched.drop_others, run_id=self.run_id, new=new,
+                rejects=fetched.rejects)
             with self._lock:
                 self._counts["conversations_changed"] += 1
                 self._counts["messages_written"] += written
@@ -318,9 +337,10 @@ class Sync:
             with self._lock:
                 self._counts["conversations_failed"] += 1
 
-    def _fetch(self, cid: str) -> Fetched | None:
+    def _fetch(self, cid: str, listed: dict | None, new: bool) -> Fetched | None:
         rejects: list[tuple[str, object, str]] = []
-        listed = self.store.queued_record(cid)
+        if listed is None:
+            listed = self.store.queued_record(cid)
         if self.settings.fetch_details or listed is None:
             record, endpoint = self.client.get_conversation(cid), "detail"
             row, reason = checked_conversation_row(record, _check_detail)
@@ -338,7 +358,8 @@ class Sync:
         if row["id"] != cid:
             raise BadRecord(f"asked for conversation {cid!r}, got {row['id']!r}")
         row["_list_sig"] = list_signature(row)
-        messages, complete, drop_others = self._fetch_messages(cid, row["messageCount"], rejects)
+        messages, complete, drop_others = self._fetch_messages(cid, row["messageCount"], rejects,
+                                                               new)
         return Fetched(row, messages, complete, drop_others, rejects)
 
     def _valid_messages(self, cid: str, records: list, rejects: list) -> list[dict]:
@@ -356,11 +377,11 @@ class Sync:
             rejects.append(("messages", record, reason))
         return out
 
-    def _fetch_messages(self, cid: str, count: int,
-                        rejects: list) -> tuple[list[dict], bool, bool]:
+    def _fetch_messages(self, cid: str, count: int, rejects: list,
+                        new: bool = False) -> tuple[list[dict], bool, bool]:
         """Returns (messages, complete, drop_others). Reads only the new messages when the
         newest held one is reached; otherwise reads all the server will give."""
-        held, newest, was_complete = self.store.message_state(cid)
+        held, newest, was_complete = (0, None, False) if new else self.store.message_state(cid)
         if count == 0 and held == 0:
             return [], True, False
         raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)

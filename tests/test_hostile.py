@@ -284,3 +284,20 @@ def test_detail_wrapped_in_data_and_has_more_absent(tmp_path):
         summary = run_sync(settings(s, tmp_path / "m.db"))
     assert summary.outcome == "ok"
     assert rows(tmp_path / "m.db", "SELECT id FROM conversations ORDER BY id") == [("c1",), ("c2",)]
+
+
+def test_message_id_reused_across_conversations_takes_the_careful_path(tmp_path):
+    """Message ids are the primary key. A server that reuses one in another conversation
+    cannot be mirrored as two rows; the new conversation's fast insert falls back to the
+    upsert, which keeps the full-text index in step."""
+    shared = message("a", 1)
+    msgs = {"a": [shared], "b": [dict(shared, conversationId="b"), message("b", 2)]}
+    with serve([conversation("a", 1), conversation("b", 2)], messages=msgs) as s:
+        summary = run_sync(settings(s, tmp_path / "m.db", concurrency=1))
+    assert summary.outcome == "ok"
+    assert rows(tmp_path / "m.db", "SELECT count(*) FROM messages") == [(2,)]
+    assert fts_ok(tmp_path / "m.db")
+    conn = sqlite3.connect(tmp_path / "m.db")
+    fts_rows = conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH "
+                            "'message'").fetchone()[0]
+    assert fts_rows == 2
