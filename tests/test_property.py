@@ -2,9 +2,9 @@
 killed part-way (a real SIGKILL), one clean full sync afterwards leaves the mirror equal to
 upstream, or reporting exactly the message gaps the server cannot close.
 
-Fast profile (CI): a handful of examples. Soak profile: SYNCER_SOAK=1 runs many more, with 20 %
-injected faults on every request (5xx, 429 with and without Retry-After, timeouts, dropped
-connections, invalid JSON, HTML pages).
+Fast profile (CI): a handful of examples. Soak profile: SYNCER_SOAK=1 runs many more
+(SYNCER_SOAK_EXAMPLES, default 100), with 20 % injected faults on every request (5xx, 429 with
+and without Retry-After, timeouts, dropped connections, invalid JSON, HTML pages).
 """
 import os
 import sqlite3
@@ -22,6 +22,7 @@ from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
 
 SOAK = os.environ.get("SYNCER_SOAK") == "1"
+SOAK_EXAMPLES = int(os.environ.get("SYNCER_SOAK_EXAMPLES", "100"))
 LIST = "/v1/messaging/conversations"
 FAULTS = ("500", "503", "429", "429_no_retry_after", "timeout", "drop", "invalid_json",
           "html_200")
@@ -80,7 +81,7 @@ def _killed_sync(server, db, delay):
     p.wait()
 
 
-@settings(max_examples=150 if SOAK else 5, deadline=None, derandomize=not SOAK,
+@settings(max_examples=SOAK_EXAMPLES if SOAK else 5, deadline=None, derandomize=not SOAK,
           suppress_health_check=list(HealthCheck), database=None)
 @given(world=world, steps=st.lists(step, min_size=2, max_size=10))
 @example(world={"order": "updated_desc", "bumps": True, "paging": "none", "style": "mixed",
