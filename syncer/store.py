@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,6 +39,21 @@ def now_utc() -> str:
 def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
+
+
+@dataclass
+class Fetched:
+    """A conversation as read from the API, ready to commit.
+
+    `drop_others`: `messages` are the conversation's whole upstream set, so held messages not
+    among them were deleted upstream. `new`: the mirror did not hold the conversation when it
+    was queued (a hint for the fast path; checked)."""
+    row: dict
+    messages: list[dict]
+    complete: bool
+    drop_others: bool
+    new: bool = False
+    rejects: list[tuple[str, object, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -296,41 +311,42 @@ class Store:
         self.conn.execute("RELEASE new_conversation")
         return True
 
-    def save_conversation(self, row: dict, messages: list[dict], *, complete: bool,
-                          drop_others: bool, run_id: int | None = None, new: bool = False,
-                          rejects: list[tuple[str, object, str]] = ()) -> tuple[int, int]:
-        """Commit a conversation, its messages, its completeness, the records rejected while
-        reading it and the run's counters, and take it off the queue: one transaction.
-
-        `drop_others`: the messages are the conversation's whole upstream set, so held messages
-        not among them were deleted upstream. `new`: the mirror did not hold the conversation
-        when it was queued (a hint for the fast path; checked). Returns (messages written,
-        messages missing).
-        """
+    def save_conversations(self, batch: list["Fetched"], run_id: int | None = None
+                           ) -> list[tuple[int, int]]:
+        """Commit fetched conversations in one transaction: for each, its row, its messages,
+        its completeness, the records rejected while reading it and the run's counters, and
+        its removal from the queue. Returns (messages written, messages missing) for each."""
         synced_at = now_utc()
         with self.transaction():
-            for endpoint, record, reason in rejects:
-                self.reject(endpoint, record, reason)
-            if new and self._insert_new(row, messages, synced_at):
-                written = held = len(messages)
-            else:
-                self._upsert_conversation(row, synced_at)
-                written = self._upsert_messages(messages, synced_at)
-                if drop_others:
-                    keep = {m["id"] for m in messages}
-                    gone = [i for i in self.message_ids(row["id"]) if i not in keep]
-                    self._delete_messages(gone)
-                    written += len(gone)
-                held = self.held_messages(row["id"])
-            missing = 0 if complete else max(row["messageCount"] - held, 0)
-            self.conn.execute(
-                "UPDATE conversations SET _messages_held = ?, _messages_missing = ?, "
-                "_messages_complete = ? WHERE id = ?",
-                (held, missing, int(complete), row["id"]))
-            self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (row["id"],))
-            if run_id is not None:
-                self.add_to_run(run_id, {"conversations_changed": 1, "messages_written": written,
-                                         "gaps": int(missing > 0), "rejects": len(rejects)})
+            return [self._save_one(item, synced_at, run_id) for item in batch]
+
+    def save_conversation(self, item: "Fetched", run_id: int | None = None) -> tuple[int, int]:
+        return self.save_conversations([item], run_id)[0]
+
+    def _save_one(self, item: "Fetched", synced_at: str, run_id: int | None) -> tuple[int, int]:
+        row, messages = item.row, item.messages
+        for endpoint, record, reason in item.rejects:
+            self.reject(endpoint, record, reason)
+        if item.new and self._insert_new(row, messages, synced_at):
+            written = held = len(messages)
+        else:
+            self._upsert_conversation(row, synced_at)
+            written = self._upsert_messages(messages, synced_at)
+            if item.drop_others:
+                keep = {m["id"] for m in messages}
+                gone = [i for i in self.message_ids(row["id"]) if i not in keep]
+                self._delete_messages(gone)
+                written += len(gone)
+            held = self.held_messages(row["id"])
+        missing = 0 if item.complete else max(row["messageCount"] - held, 0)
+        self.conn.execute(
+            "UPDATE conversations SET _messages_held = ?, _messages_missing = ?, "
+            "_messages_complete = ? WHERE id = ?",
+            (held, missing, int(item.complete), row["id"]))
+        self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (row["id"],))
+        if run_id is not None:
+            self.add_to_run(run_id, {"conversations_changed": 1, "messages_written": written,
+                                     "gaps": int(missing > 0), "rejects": len(item.rejects)})
         return written, missing
 
     def mark_deleted(self, ids: list[str], run_id: int | None = None) -> int:

@@ -22,11 +22,12 @@ from .api import MESSAGE_PAGE, RuntypeClient
 from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, SyncerError)
 from .pagination import Walker
-from .store import Store, now_utc
+from .store import Fetched, Store, now_utc
 from .transform import (BadRecord, checked_conversation_row, format_instant, list_signature,
                         message_row, parse_instant)
 from .validate import checker
 from .watermark import OrderCheck, is_dirty, safe_watermark
+from .writer import BatchWriter
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ class Summary:
         return {"ok": 0, "auth_failed": 3}.get(self.outcome, 1)
 
 
-@dataclass
-class Fetched:
-    row: dict
-    messages: list[dict]
-    complete: bool
-    drop_others: bool
-    rejects: list[tuple[str, object, str]]
-
-
 class Sync:
     def __init__(self, settings: Settings, store: Store, client: RuntypeClient, *,
                  full: bool = False, stop: threading.Event | None = None,
@@ -78,6 +70,7 @@ class Sync:
         self.mode = "full" if self.full else "incremental"
         self._offset_paging: bool | None = None   # learnt once per run
         self._inflight: set[str] = set()          # queued to the pool, not yet committed
+        self._save = self._save_now               # the batch writer's put during a walk
         self._lock = threading.Lock()
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
@@ -168,7 +161,9 @@ class Sync:
         bumps = {"yes": True, "no": False}.get(self.store.get_state(STATE_BUMPS) or "")
         watermark = None if self.full else self.store.watermark()
         complete, early = True, False
-        with ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="fetch") as pool:
+        with BatchWriter(self.store, run_id, self._saved) as writer, \
+                ThreadPoolExecutor(self.settings.concurrency, thread_name_prefix="fetch") as pool:
+            self._save = writer.put
             pending: set[Future] = set()
             try:
                 for cid in self.store.queued():
@@ -193,6 +188,7 @@ class Sync:
                 for f in pending:
                     f.cancel()
                 raise
+        self._save = self._save_now
         started = point["started"] or now_utc()
         if not self.stop.is_set() and self.store.get_state(STATE_WALK) is not None:
             # done, or ended on a page not to be trusted: the next walk starts afresh
@@ -301,29 +297,38 @@ class Sync:
             f.result()
 
     def _process(self, cid: str, record: dict | None = None, new: bool = False) -> None:
+        handed_over = False
         try:
-            self._process_one(cid, record, new)
+            handed_over = self._process_one(cid, record, new)
         finally:
-            with self._lock:
-                self._inflight.discard(cid)
+            if not handed_over:
+                with self._lock:
+                    self._inflight.discard(cid)
 
-    def _process_one(self, cid: str, record: dict | None, new: bool) -> None:
-        if self.stop.is_set():
-            return
-        try:
-            fetched = self._fetch(cid, record, new)
-            if fetched is None:
-                return
-            written, missing = self.store.save_conversation(
-                fetched.row, fetched.messages, complete=fetched.complete,
-                drop_others=fetched.drop_others, run_id=self.run_id, new=new,
-                rejects=fetched.rejects)
-            with self._lock:
+    def _save_now(self, fetched: Fetched) -> None:
+        self._saved([fetched], [self.store.save_conversation(fetched, self.run_id)])
+
+    def _saved(self, batch: list[Fetched], results: list[tuple[int, int]]) -> None:
+        """Called once a batch is committed."""
+        with self._lock:
+            for fetched, (written, missing) in zip(batch, results):
+                self._inflight.discard(fetched.row["id"])
                 self._counts["conversations_changed"] += 1
                 self._counts["messages_written"] += written
                 self._counts["rejects"] += len(fetched.rejects)
                 self._counts["gaps"] += bool(missing)
-            self._report({"messages": self._counts["messages_written"]})
+        self._report({"messages": self._counts["messages_written"]})
+
+    def _process_one(self, cid: str, record: dict | None, new: bool) -> bool:
+        """Fetch a conversation and hand it to the writer; True once handed over."""
+        if self.stop.is_set():
+            return False
+        try:
+            fetched = self._fetch(cid, record, new)
+            if fetched is None:
+                return False
+            self._save(fetched)
+            return True
         except NotFoundError:
             n = self.store.mark_deleted([cid], self.run_id)
             with self._lock:
@@ -336,6 +341,7 @@ class Sync:
             self.store.record_failure(cid, str(e), self.run_id)
             with self._lock:
                 self._counts["conversations_failed"] += 1
+        return False
 
     def _fetch(self, cid: str, listed: dict | None, new: bool) -> Fetched | None:
         rejects: list[tuple[str, object, str]] = []
@@ -360,7 +366,7 @@ class Sync:
         row["_list_sig"] = list_signature(row)
         messages, complete, drop_others = self._fetch_messages(cid, row["messageCount"], rejects,
                                                                new)
-        return Fetched(row, messages, complete, drop_others, rejects)
+        return Fetched(row, messages, complete, drop_others, new, rejects)
 
     def _valid_messages(self, cid: str, records: list, rejects: list) -> list[dict]:
         out = []

@@ -1,0 +1,93 @@
+"""One thread commits what the fetch threads read, many conversations per transaction.
+
+Fetch threads only talk HTTP; this thread alone writes their results. Batching cuts the cost
+that dominates a large first sync on a small machine: a commit and a new full-text segment per
+conversation. Each conversation is still all-or-nothing (a batch is one transaction) and stays
+in `_sync_queue` until its batch commits, so a kill at any instant loses nothing. The queue
+between the threads is bounded, so memory stays flat.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from .errors import SyncerError
+from .store import Fetched, Store
+
+BATCH = 64          # conversations per transaction at most
+LINGER = 0.1        # seconds a batch waits to fill before it is committed anyway
+_DONE = object()
+
+
+class WriterFailed(SyncerError):
+    """The writer thread died (disk full, I/O error); the original error is its __cause__.
+    What it had not committed stays queued for the next run."""
+
+
+class BatchWriter:
+    def __init__(self, store: Store, run_id: int,
+                 on_saved: Callable[[list[Fetched], list[tuple[int, int]]], None],
+                 capacity: int = 256):
+        self.store = store
+        self.run_id = run_id
+        self.on_saved = on_saved
+        self._queue: queue.Queue = queue.Queue(capacity)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+
+    def __enter__(self) -> "BatchWriter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, item: Fetched) -> None:
+        """Hand a conversation over; blocks while the queue is full."""
+        while True:
+            self._raise_if_failed()
+            try:
+                self._queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Commit what is queued and stop the thread; re-raises the thread's error."""
+        if self._thread.is_alive():
+            while self._thread.is_alive():
+                try:
+                    self._queue.put(_DONE, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self._thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise WriterFailed(f"writing the mirror failed: {self._error}") from self._error
+
+    def _run(self) -> None:
+        try:
+            done = False
+            while not done:
+                first = self._queue.get()
+                if first is _DONE:
+                    return
+                batch, deadline = [first], time.monotonic() + LINGER
+                while len(batch) < BATCH:
+                    try:
+                        item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
+                    except queue.Empty:
+                        break
+                    if item is _DONE:
+                        done = True
+                        break
+                    batch.append(item)
+                results = self.store.save_conversations(batch, self.run_id)
+                self.on_saved(batch, results)
+        except BaseException as e:  # recorded, and raised in the fetch threads and by close()
+            self._error = e
