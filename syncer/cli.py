@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from . import __version__, config
-from .errors import ConfigError, StoreError, SyncerError
+from .errors import ConfigError, SyncerError
 from .logs import setup_logging
 
 log = logging.getLogger("syncer")

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from datetime import datetime
 
 from .api import MESSAGE_PAGE, RuntypeClient
 from .config import Settings

@@ -146,3 +146,22 @@ def read_store(db):
 
     from syncer.store import Store
     return contextlib.closing(Store.open_readonly(str(db)))
+
+
+def process_env(server, key: str = KEY) -> dict:
+    """The environment for a `syncer` subprocess pointed at `server` (nothing else inherited
+    that would redirect it)."""
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTYPE_", "SYNCER_"))}
+    env.update(RUNTYPE_BASE_URL=server.base_url, RUNTYPE_API_KEY=key)
+    return env
+
+
+def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
+    """Poll until `predicate()` is true; fail naming `what` after `timeout` seconds."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)

@@ -26,7 +26,7 @@ def served():
 
 
 def env_for(server, key=KEY):
-    return {"RUNTYPE_BASE_URL": server.base_url, "RUNTYPE_API_KEY": key}
+    return {"RUNTYPE_BASE_URL": server.base_url, "RUNTYPE_API_KEY": key}   # added to run()'s
 
 
 def test_sync_prints_a_summary_and_exits_0(served, tmp_path):

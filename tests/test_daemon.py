@@ -5,10 +5,10 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-from support import KEY, assert_exact, fts_ok, mirror, settings_for, upstream_tables
+from support import (KEY, assert_exact, fts_ok, mirror, process_env, settings_for,
+                     upstream_tables, wait_for)
 
 from syncer import lock
 from syncer.errors import ConfigError
@@ -19,10 +19,7 @@ from syncer.simulator import Behaviour, SimulatorServer, generate
 LIST = "/v1/messaging/conversations"
 
 
-def env_for(server):
-    env = dict(os.environ, RUNTYPE_BASE_URL=server.base_url, RUNTYPE_API_KEY=KEY)
-    env.pop("SYNCER_DB", None)
-    return env
+env_for = process_env
 
 
 class Daemon:
@@ -77,13 +74,6 @@ def daemons():
     for d in started:
         d.kill()
 
-
-def wait_for(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def converged(db, upstream):

@@ -6,10 +6,9 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
-from support import KEY, assert_exact, settings_for
+from support import assert_exact, process_env, settings_for, wait_for
 
 from syncer import lock
 from syncer.errors import LockedError, StoreError
@@ -47,10 +46,7 @@ def world(tmp_path):
         gate.open()
 
 
-def env_for(server):
-    env = dict(os.environ, RUNTYPE_BASE_URL=server.base_url, RUNTYPE_API_KEY=KEY)
-    env.pop("SYNCER_DB", None)
-    return env
+env_for = process_env
 
 
 def spawn(tmp_path, server, *args):
@@ -58,13 +54,6 @@ def spawn(tmp_path, server, *args):
                              *args], cwd=tmp_path, env=env_for(server), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-
-def wait_for(predicate, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def runs(db):

@@ -1,6 +1,5 @@
 """`syncer search`: results equal a direct scan of the data, every filter, ranking, formats."""
 import json
-import sqlite3
 import unicodedata
 
 import pytest
