@@ -142,7 +142,10 @@ class Sync:
         same = (point.get("status") == self.settings.status
                 and point.get("surfaces") == self._filters()
                 and point.get("mode") == self.mode)
-        return point if same else None
+        # a walk that had finished (killed while its queue drained) is not resumed: the queue
+        # is drained first either way, and a new walk sees what changed since
+        finished = point.get("index", 0) >= len(self._filters())
+        return point if same and not finished else None
 
     def _walk_and_fetch(self, run_id: int) -> tuple[str, bool, bool]:
         """Walk every filter's list, feeding dirty conversations to the fetch pool.

@@ -89,6 +89,9 @@ def _killed_sync(server, db, delay):
          steps=[("sync", False), ("message", 3), ("killed", 0.6), ("churn", 2),
                 ("sync", False), ("delete", 5), ("killed", 1.0), ("create", 3),
                 ("update", 8), ("sync", False)])
+@example(world={"order": "updated_desc", "bumps": False, "paging": "none", "style": "z",
+                "seed": 0},
+         steps=[("killed", 1.0), ("create", 0)])   # found by the soak: see test_sync
 @example(world={"order": "shuffled", "bumps": False, "paging": "offset", "style": "offset",
                 "seed": 2},
          steps=[("killed", 0.8), ("message", 1), ("archive", 2), ("killed", 0.4),

@@ -342,3 +342,23 @@ def test_large_runs_merge_the_full_text_index(world, monkeypatch):
                         (f'"{word.strip(".,!?")}"',)).fetchone()[0]
     assert hits > 0
     assert_exact(db, upstream)
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_a_finished_walk_killed_while_draining_is_not_resumed(world, full):
+    """Killed after its last page was checkpointed but before its queue drained: the next run
+    drains the queue and walks again, so it sees what changed meanwhile (found by the soak)."""
+    import json
+    upstream, server, db = world
+    sync(server, db)
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("INSERT INTO _sync_state VALUES ('walk', ?)", (json.dumps(
+            {"status": "all", "surfaces": [None], "mode": "full" if full else "incremental",
+             "index": 1, "cursor": None, "started": "2024-01-01T00:00:00.000000Z"}),))
+    new = upstream.create_conversation(subject="created after the walk")
+    summary = sync(server, db, full=full)
+    assert summary.outcome == "ok" and summary.counts["pages"] >= 1
+    assert_exact(db, upstream)
+    assert conn.execute("SELECT count(*) FROM conversations WHERE id = ?",
+                        (new["id"],)).fetchone() == (1,)
