@@ -29,7 +29,7 @@ class WriterFailed(SyncerError):
 class BatchWriter:
     def __init__(self, store: Store, run_id: int,
                  on_saved: Callable[[list[Fetched], list[tuple[int, int]]], None],
-                 capacity: int = 256):
+                 capacity: int = BATCH):
         self.store = store
         self.run_id = run_id
         self.on_saved = on_saved
