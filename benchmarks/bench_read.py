@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from syncer.simulator import generate
-from syncer.store import Store
+from syncer.store import Fetched, Store
 from syncer.transform import conversation_row, list_signature, message_row
 
 CHUNK = 10_000  # conversations generated at a time (keeps the generator's memory small)
@@ -33,8 +33,8 @@ THREAD_ID = "conv_bench_thread_300"
 def _save(store: Store, record: dict, messages: list[dict]) -> None:
     row = conversation_row(record)
     row["_list_sig"] = list_signature(row)
-    store.save_conversation(row, [message_row(m) for m in messages], complete=True,
-                            drop_others=False)
+    store.save_conversation(Fetched(row, [message_row(m) for m in messages], complete=True,
+                                    drop_others=False, new=True))
 
 
 def build(path: str, messages: int, seed: int = 1) -> int:
@@ -54,6 +54,7 @@ def build(path: str, messages: int, seed: int = 1) -> int:
             chunk += 1
             print(f"  {held:,} messages after {time.perf_counter() - started:.0f}s",
                   file=sys.stderr)
+        store.optimize_fts()      # as a sync that writes this much does at its end
         store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         store.close()
