@@ -143,22 +143,29 @@ def _print_summary(summary) -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8765, show_default=True, type=int)
-@click.option("--seed", default=1, show_default=True, type=int)
-@click.option("--conversations", default=200, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Loopback address to listen on.")
+@click.option("--port", default=8765, show_default=True, type=int, help="Port (0: any free).")
+@click.option("--seed", default=1, show_default=True, type=int,
+              help="Seed of the deterministic data generator.")
+@click.option("--conversations", default=200, show_default=True, type=int,
+              help="Conversations to generate.")
 @click.option("--messages", "messages_per_conversation", default=8, show_default=True, type=int,
               help="Typical messages per conversation.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=float)
+@click.option("--latency-ms", default=0.0, show_default=True, type=float,
+              help="Delay added to every answer.")
 @click.option("--fault-rate", default=0.0, show_default=True, type=float,
               help="Share of requests answered with an injected fault (0..1).")
 @click.option("--rate-limit", type=int, help="Requests allowed per --rate-window seconds.")
-@click.option("--rate-window", default=10.0, show_default=True, type=float)
+@click.option("--rate-window", default=10.0, show_default=True, type=float,
+              help="Seconds of the rate-limit window.")
 @click.option("--list-order", default="updated_desc", show_default=True,
               type=click.Choice(["updated_desc", "created_desc", "last_message_desc", "id_asc",
-                                 "shuffled"]))
+                                 "shuffled"]),
+              help="Order of the conversation list (undocumented upstream).")
 @click.option("--message-paging", default="none", show_default=True,
-              type=click.Choice(["none", "offset"]))
+              type=click.Choice(["none", "offset"]),
+              help="Whether messages past the first 100 can be paged with `offset`.")
 @click.option("--api-key", default="rt_test_simulator", show_default=True,
               help="The key the simulator accepts.")
 def simulate(host, port, seed, conversations, messages_per_conversation, latency_ms, fault_rate,
@@ -188,7 +195,8 @@ def simulate(host, port, seed, conversations, messages_per_conversation, latency
 @main.command()
 @click.option("--db", "demo_db", default="demo.db", show_default=True,
               type=click.Path(dir_okay=False), help="Where the demo mirror goes (replaced).")
-@click.option("--conversations", default=300, show_default=True, type=int)
+@click.option("--conversations", default=300, show_default=True, type=int,
+              help="Conversations the demo's simulator serves.")
 def demo(demo_db: str, conversations: int):
     """Sync a local simulator into ./demo.db, change data upstream, sync again, search."""
     from .demo import run_demo
@@ -198,7 +206,7 @@ def demo(demo_db: str, conversations: int):
 @main.command()
 @click.option("--fix", is_flag=True, help="Queue every difference for the next sync.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
-              show_default=True)
+              show_default=True, help="json: the whole report, for monitoring.")
 @pass_app
 def verify(app: App, fix: bool, fmt: str):
     """Compare the mirror with the API's conversation list (no messages are read).
