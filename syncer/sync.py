@@ -3,7 +3,9 @@
 Units of progress, each one transaction:
 - a list page: its dirty conversations into the persistent queue, the walk checkpoint (cursor and
   the server time the walk began), the run counters;
-- a conversation: its row, its messages, their FTS entries, its completeness, off the queue.
+- a conversation: its row, its messages, their FTS entries, its completeness, off the queue
+  (the writer thread commits several in one transaction; see writer.py).
+How a conversation's messages are read is messages.py.
 The watermark is written with the run record only when the walk completed and the queue drained.
 A run killed at any instant resumes from the checkpoint and the queue; every write is an upsert.
 """
@@ -17,14 +19,15 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
-from .api import MESSAGE_PAGE, RuntypeClient
+from .api import RuntypeClient
 from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, SyncerError)
 from .pagination import Walker
 from .store import Fetched, Store, now_utc
 from .transform import (BadRecord, checked_conversation_row, format_instant, list_signature,
-                        message_row, parse_instant)
+                        parse_instant)
 from .validate import checker
+from .messages import MessageReader
 from .watermark import OrderCheck, is_dirty, safe_watermark
 from .writer import BatchWriter
 
@@ -36,7 +39,6 @@ STATE_BUMPS = "messages_bump_updatedAt"  # "yes" / "no", learnt from the data
 
 _check_conversation = checker("conversation")
 _check_detail = checker("conversation_detail")
-_check_message = checker("message")
 
 
 @dataclass
@@ -67,7 +69,7 @@ class Sync:
         self.progress = progress
         self.full = full or self._reconcile_due()
         self.mode = "full" if self.full else "incremental"
-        self._offset_paging: bool | None = None   # learnt once per run
+        self._messages = MessageReader(client)
         self._inflight: set[str] = set()          # queued to the pool, not yet committed
         self._save = self._save_now               # the batch writer's put during a walk
         self._lock = threading.Lock()
@@ -366,98 +368,10 @@ class Sync:
         if row["id"] != cid:
             raise BadRecord(f"asked for conversation {cid!r}, got {row['id']!r}")
         row["_list_sig"] = list_signature(row)
-        messages, complete, drop_others = self._fetch_messages(cid, row["messageCount"], rejects,
-                                                               new)
+        state = (0, None, False) if new else self.store.message_state(cid)
+        messages, complete, drop_others = self._messages.read(cid, row["messageCount"], state,
+                                                              rejects)
         return Fetched(row, messages, complete, drop_others, new, rejects)
-
-    def _valid_messages(self, cid: str, records: list, rejects: list) -> list[dict]:
-        out = []
-        for record in records:
-            reason = _check_message(record)
-            if reason is None and record["conversationId"] != cid:
-                reason = f"message belongs to conversation {record['conversationId']!r}"
-            if reason is None:
-                try:
-                    out.append(message_row(record))
-                    continue
-                except BadRecord as e:
-                    reason = str(e)
-            rejects.append(("messages", record, reason))
-        return out
-
-    def _fetch_messages(self, cid: str, count: int, rejects: list,
-                        new: bool = False) -> tuple[list[dict], bool, bool]:
-        """Returns (messages, complete, drop_others). Reads only the new messages when the
-        newest held one is reached; otherwise reads all the server will give."""
-        held, newest, was_complete = (0, None, False) if new else self.store.message_state(cid)
-        if count == 0 and held == 0:
-            return [], True, False
-        raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
-        page = self._valid_messages(cid, raw, rejects)
-        ids = [m["id"] for m in page]
-        ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
-        if newest is not None and newest in ids and ordered:
-            new = page[:ids.index(newest)]
-            if held + len(new) == count:
-                return new, True, False
-            if not was_complete and not rejects:
-                # the gap the server cannot close stays what it was; only the new are read
-                return new, False, False
-        collected = {m["id"]: m for m in page}
-        if len(raw) >= MESSAGE_PAGE and len(collected) < count:
-            self._read_further(cid, count, len(raw), next_cursor, collected, rejects)
-            if len(collected) < count:
-                oldest, _ = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
-                for m in self._valid_messages(cid, oldest, rejects):
-                    collected.setdefault(m["id"], m)
-        complete = len(collected) == count and not rejects
-        if len(collected) < count:
-            log.info("conversation %s: the server serves %d of its %d messages",
-                     cid, len(collected), count)
-        return list(collected.values()), complete, complete
-
-    def _read_further(self, cid: str, count: int, offset: int, cursor: str | None,
-                      collected: dict, rejects: list) -> None:
-        """Past the first 100: follow a message cursor if the server offers one, else try the
-        undocumented `offset` parameter. Either is trusted only while it returns messages not
-        seen before; an overlap-only page, a refusal, a repeated cursor, a short page or the
-        page budget ends the reading."""
-        if cursor is None and self._offset_paging is False:
-            return
-        budget, cursors = count // MESSAGE_PAGE + 2, set()
-        while len(collected) < count and budget > 0:
-            budget -= 1
-            by_cursor = cursor is not None
-            if by_cursor and cursor in cursors:
-                return
-            cursors.add(cursor)
-            where = {"cursor": cursor} if by_cursor else {"offset": offset}
-            try:
-                raw, cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE,
-                                                        **where)
-            except BadRequestError:
-                if not by_cursor:
-                    self._offset_unsupported()
-                return
-            fresh = [m for m in self._valid_messages(cid, raw, rejects)
-                     if m["id"] not in collected]
-            if not fresh:
-                if raw and not by_cursor:
-                    self._offset_unsupported()
-                return
-            if not by_cursor:
-                self._offset_paging = True
-            for m in fresh:
-                collected[m["id"]] = m
-            offset += len(raw)
-            if (by_cursor and cursor is None) or (not by_cursor and len(raw) < MESSAGE_PAGE):
-                return
-
-    def _offset_unsupported(self) -> None:
-        if self._offset_paging is None:
-            log.info("the server does not page messages by offset; conversations over %d "
-                     "messages will have gaps", 2 * MESSAGE_PAGE)
-        self._offset_paging = False
 
     # -- deletions ---------------------------------------------------------------------------
     def _reconcile(self, run_id: int) -> None:
