@@ -10,6 +10,7 @@ oldest 100 (`order=asc`). Whatever is still missing is a gap the caller records.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from .api import MESSAGE_PAGE, RuntypeClient
 from .errors import BadRequestError
@@ -39,8 +40,9 @@ def valid_messages(cid: str, records: list, rejects: list) -> list[dict]:
 
 
 class MessageReader:
-    def __init__(self, client: RuntypeClient):
+    def __init__(self, client: RuntypeClient, held_among: Callable[[list[str]], set[str]]):
         self.client = client
+        self.held_among = held_among              # which of these message ids the mirror holds
         self.offset_paging: bool | None = None   # learnt once per run
 
     def read(self, cid: str, count: int, held_state: tuple[int, str | None, bool],
@@ -56,7 +58,10 @@ class MessageReader:
         ids = [m["id"] for m in page]
         ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
         if newest is not None and newest in ids and ordered:
-            new = page[:ids.index(newest)]
+            # everything newer than the newest held message is in this page; messages of the
+            # same second may sit on either side of it, so the mirror says which are held
+            held_here = self.held_among(ids)
+            new = [m for m in page if m["id"] not in held_here]
             if held + len(new) == count:
                 return new, True, False
             if not was_complete and not rejects:

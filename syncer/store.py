@@ -212,6 +212,14 @@ class Store:
                                      (cid,)).fetchone()
         return held, newest[0] if newest else None, bool(complete and complete[0])
 
+    def held_among(self, ids: list[str]) -> set[str]:
+        """Which of these message ids the mirror holds."""
+        out: set[str] = set()
+        for chunk in _chunks(ids):
+            out.update(r[0] for r in self.conn.execute(
+                f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        return out
+
     def held_messages(self, cid: str) -> int:
         return self.conn.execute("SELECT count(*) FROM messages WHERE conversationId = ?",
                                  (cid,)).fetchone()[0]

@@ -69,7 +69,7 @@ class Sync:
         self.progress = progress
         self.full = full or self._reconcile_due()
         self.mode = "full" if self.full else "incremental"
-        self._messages = MessageReader(client)
+        self._messages = MessageReader(client, store.held_among)
         self._inflight: set[str] = set()          # queued to the pool, not yet committed
         self._save = self._save_now               # the batch writer's put during a walk
         self._lock = threading.Lock()

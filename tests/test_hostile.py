@@ -301,3 +301,31 @@ def test_message_id_reused_across_conversations_takes_the_careful_path(tmp_path)
     fts_rows = conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH "
                             "'message'").fetchone()[0]
     assert fts_rows == 2
+
+
+def test_new_message_in_the_same_second_as_the_newest_held_is_not_missed(tmp_path):
+    """A conversation whose gap is recorded reads only new messages; a new one stamped in the
+    same second as the newest held, but listed after it, is still found."""
+    m1 = message("c1", 1, createdAt="2024-06-10T09:00:00Z")
+    m2 = message("c1", 2, createdAt="2024-06-10T09:00:05Z")
+    m0 = dict(message("c1", 0, createdAt="2024-06-10T09:00:05Z"), content="same second")
+    served = {"c1": [m2, m1]}                   # desc; the server claims 5 but serves 2
+    state = {"count": 5}
+
+    def respond(path, query):
+        if path == LIST:
+            return 200, {}, page([conversation("c1", state["count"])])
+        if path.endswith("/messages"):
+            data = served["c1"] if query.get("order") == "desc" else served["c1"][::-1]
+            return 200, {}, {"data": data, "totalCount": len(data)}
+        return 200, {}, conversation("c1", state["count"])
+    with HostileServer(respond) as s:
+        db = tmp_path / "m.db"
+        first = run_sync(settings(s, db))
+        assert [(cid, count, held) for cid, count, held in first.gaps] == [("c1", 5, 2)]
+        served["c1"] = [m2, m0, m1]             # the tie listed after the newest held
+        state["count"] = 6
+        second = run_sync(settings(s, db))
+    assert second.counts["messages_written"] == 1
+    assert rows(db, "SELECT content FROM messages ORDER BY createdAt, id") == [
+        ("message 1",), ("same second",), ("message 2",)]
