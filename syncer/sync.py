@@ -386,6 +386,14 @@ class Sync:
                 n = self.store.mark_deleted([cid], self.run_id)
                 self._counts["conversations_deleted"] += n
                 continue
+            except AuthError:
+                raise
+            except ApiError as e:   # unknown either way: neither tombstoned nor refreshed
+                log.warning("could not check whether %s still exists: %s", cid, e)
+                self._counts["conversations_failed"] += 1
+                with self.store.transaction():
+                    self.store.add_to_run(self.run_id, {"conversations_failed": 1})
+                continue
             with self.store.transaction():
                 self.store.enqueue_records([(cid, "missed by walk", None)])
             self._process(cid)

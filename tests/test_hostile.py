@@ -329,3 +329,26 @@ def test_new_message_in_the_same_second_as_the_newest_held_is_not_missed(tmp_pat
     assert second.counts["messages_written"] == 1
     assert rows(db, "SELECT content FROM messages ORDER BY createdAt, id") == [
         ("message 1",), ("same second",), ("message 2",)]
+
+
+def test_a_conversation_missed_by_the_walk_is_tombstoned_only_on_a_404(tmp_path):
+    listed = {"ids": ["c1", "c2"]}
+    failing = {"detail": False}
+
+    def respond(path, query):
+        if path == LIST:
+            return 200, {}, page([conversation(cid, 0) for cid in listed["ids"]])
+        if failing["detail"]:
+            return 503, {}, {"error": "unavailable"}
+        return 200, {}, conversation(path.rsplit("/", 1)[1], 0)
+    with HostileServer(respond) as s:
+        db = tmp_path / "m.db"
+        assert run_sync(settings(s, db)).outcome == "ok"
+        listed["ids"] = ["c2"]                  # c1 missing from the walk ...
+        failing["detail"] = True                # ... and its existence cannot be checked
+        summary = run_sync(settings(s, db, max_retries=1), full=True)
+    assert summary.outcome == "partial" and summary.counts["conversations_deleted"] == 0
+    assert rows(db, "SELECT id, _deleted_at FROM conversations ORDER BY id") == [
+        ("c1", None), ("c2", None)]
+    assert rows(db, "SELECT conversations_failed FROM _sync_runs ORDER BY id DESC LIMIT 1") == \
+        [(1,)]
