@@ -60,6 +60,16 @@ def filter_options(f):
     return wrapper
 
 
+def paging_options(limit: int, *, minimum: int, help_limit: str):
+    """--limit and --offset, for the listing commands."""
+    def apply(f):
+        f = click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
+                         help="Skip this many first (for paging).")(f)
+        return click.option("--limit", default=limit, show_default=True,
+                            type=click.IntRange(minimum), help=help_limit)(f)
+    return apply
+
+
 def format_option(choices=render.LISTING_FORMATS):
     return click.option("--format", "fmt", type=click.Choice(choices),
                         help="Output format (default: table on a terminal, else "
@@ -98,10 +108,7 @@ SEARCH_COLUMNS = [("createdAt", "time"), ("role", "role"), ("participantName", "
 @click.option("--in", "scope", type=click.Choice(["all", "messages", "conversations"]),
               default="all", show_default=True,
               help="Search message content, conversation subject/participant, or both.")
-@click.option("--limit", default=20, show_default=True, type=click.IntRange(1),
-              help="At most this many hits.")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
-              help="Skip this many hits first (for paging).")
+@paging_options(20, minimum=1, help_limit="At most this many hits.")
 @filter_options
 @format_option()
 @pass_app
@@ -155,10 +162,7 @@ CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "stat
 @main.command("conversations")
 @click.option("--sort", type=click.Choice(list(query.SORTS)), default="updated",
               show_default=True, help="Newest (or most messages) first.")
-@click.option("--limit", default=50, show_default=True, type=click.IntRange(0),
-              help="At most this many (0: all).")
-@click.option("--offset", default=0, show_default=True, type=click.IntRange(0),
-              help="Skip this many first (for paging).")
+@paging_options(50, minimum=0, help_limit="At most this many (0: all).")
 @filter_options
 @format_option()
 @pass_app

@@ -108,18 +108,24 @@ def test_daemon_converges_on_upstream_changes_then_stops_on_sigterm(tmp_path, da
     assert set(d.outcomes()) <= {"ok", "interrupted"}
 
 
-def test_sigterm_mid_run_exits_0_consistent_and_the_next_run_resumes(tmp_path, daemons):
-    upstream = generate(seed=12, conversations=250, messages_per_conversation=3)
+def hold_after(n):
+    """A simulator hook that holds every conversation fetch after the n-th until `opened` is
+    set; `reached` tells the test the sync is mid-run."""
     reached, opened, details = threading.Event(), threading.Event(), []
 
-    def hold_after_30_conversations(method, path, query):
+    def hook(method, path, query):
         if path.startswith(LIST + "/") and not path.endswith("/messages"):
             details.append(path)
-            if len(details) > 30:
+            if len(details) > n:
                 reached.set()
                 opened.wait(60)
+    return hook, reached, opened
 
-    behaviour = Behaviour(message_paging="offset", on_request=hold_after_30_conversations)
+
+def test_sigterm_mid_run_exits_0_consistent_and_the_next_run_resumes(tmp_path, daemons):
+    upstream = generate(seed=12, conversations=250, messages_per_conversation=3)
+    hook, reached, opened = hold_after(30)
+    behaviour = Behaviour(message_paging="offset", on_request=hook)
     with SimulatorServer(upstream, behaviour) as server:
         d = Daemon(tmp_path, server, config='[api]\nconcurrency = 2\n'
                                              '[schedule]\ninterval = "1h"\n')
@@ -152,16 +158,8 @@ def test_sigterm_mid_run_exits_0_consistent_and_the_next_run_resumes(tmp_path, d
 
 def test_a_second_signal_exits_at_once_and_the_database_stays_consistent(tmp_path, daemons):
     upstream = generate(seed=15, conversations=150, messages_per_conversation=3)
-    reached, opened, details = threading.Event(), threading.Event(), []
-
-    def hold_after_20_conversations(method, path, query):
-        if path.startswith(LIST + "/") and not path.endswith("/messages"):
-            details.append(path)
-            if len(details) > 20:
-                reached.set()
-                opened.wait(60)
-
-    behaviour = Behaviour(message_paging="offset", on_request=hold_after_20_conversations)
+    hook, reached, opened = hold_after(20)
+    behaviour = Behaviour(message_paging="offset", on_request=hook)
     with SimulatorServer(upstream, behaviour) as server:
         d = Daemon(tmp_path, server, config='[schedule]\ninterval = "1h"\n')
         daemons.append(d)
