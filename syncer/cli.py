@@ -84,16 +84,26 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 @main.command()
 @click.option("--full", is_flag=True,
               help="Walk the whole list and mark conversations gone upstream as deleted.")
+@click.option("--rebind", is_flag=True,
+              help="Move this mirror to the API it is now pointed at (another base URL): "
+                   "walk the whole list there and mark what is not found deleted.")
+@click.option("--max-delete", metavar="N|P%",
+              help="Tombstone at most this many conversations (or share of the live mirror) "
+                   "in this run; overrides [sync].max_delete (default 10%).")
 @click.option("--allow-insecure-http", is_flag=True,
               help="Allow a plain http:// base URL to a non-loopback host (sends the key in clear).")
 @pass_app
-def sync(app: App, full: bool, allow_insecure_http: bool):
+def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
+         allow_insecure_http: bool):
     """Pull what changed since the last run into the mirror."""
     from .runner import run_sync
     settings = app.settings(allow_insecure_http=True if allow_insecure_http else None)
+    if max_delete is not None:
+        max_delete = config.check_max_delete(max_delete, "--max-delete")
     stop = threading.Event()
     _install_stop_handlers(stop)
-    summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer())
+    summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer(),
+                       max_delete=max_delete, rebind=rebind)
     _print_summary(summary)
     sys.exit(summary.exit_code)
 

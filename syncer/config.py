@@ -44,6 +44,7 @@ DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
         "lookback": ("10m", "duration"),
         "fetch_details": (True, "bool"),
         "reconcile_every": ("1d", "duration"),
+        "max_delete": ("10%", "str"),
     },
     "schedule": {
         "interval": ("15m", "duration"),
@@ -94,6 +95,7 @@ class Settings:
     lookback: float = 600.0
     fetch_details: bool = True
     reconcile_every: float = 86400.0
+    max_delete: str = "10%"
     schedule_interval: float = 900.0
     schedule_cron: str | None = None
     schedule_jitter: float = 10.0
@@ -103,6 +105,22 @@ class Settings:
         if not self.api_key:
             raise ConfigError(f"no API key: set {API_KEY_ENV} (or [api].key in the config file)")
         return self.api_key
+
+
+def check_max_delete(text: str, where: str) -> str:
+    """A count ("250") or a share of the live mirror ("10%"); ConfigError otherwise."""
+    if not re.fullmatch(r"\d{1,12}|(\d{1,3}(\.\d+)?)%", text.strip()) or (
+            text.strip().endswith("%") and float(text.strip()[:-1]) > 100):
+        raise ConfigError(f"{where}: {text!r} is not a count or a percentage up to 100% "
+                          "(e.g. 50 or 10%)")
+    return text.strip()
+
+
+def delete_limit(spec: str, live: int) -> int:
+    """How many conversations a run may tombstone out of `live`, by a checked max_delete."""
+    if spec.endswith("%"):
+        return int(live * float(spec[:-1]) / 100)
+    return int(spec)
 
 
 def _coerce(section: str, key: str, value: object, kind: str, source: str) -> object:
@@ -217,6 +235,7 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
     if get("api", "max_retries") < 0 or get("api", "max_response_mb") < 1:  # type: ignore[operator]
         raise ConfigError(f"[api].max_retries must be >= 0 and [api].max_response_mb >= 1 "
                           f"in {source}")
+    max_delete = check_max_delete(str(get("sync", "max_delete")), f"[sync].max_delete in {source}")
     allow_insecure = (allow_insecure_http if allow_insecure_http is not None
                       else bool(get("api", "allow_insecure_http")))
     url = base_url or env.get("RUNTYPE_BASE_URL") or get("api", "base_url")
@@ -236,6 +255,7 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
         lookback=_as_seconds(get("sync", "lookback")),
         fetch_details=get("sync", "fetch_details"),  # type: ignore[arg-type]
         reconcile_every=_as_seconds(get("sync", "reconcile_every")),
+        max_delete=max_delete,
         schedule_interval=_as_seconds(get("schedule", "interval")),
         schedule_cron=get("schedule", "cron"),  # type: ignore[arg-type]
         schedule_jitter=_as_seconds(get("schedule", "jitter")),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from .api import MESSAGE_PAGE, RuntypeClient
 from .errors import BadRequestError
@@ -39,46 +40,82 @@ def valid_messages(cid: str, records: list, rejects: list) -> list[dict]:
     return out
 
 
+@dataclass
+class Read:
+    """What reading a conversation's messages found: the messages to write; whether they are
+    its whole set (then held messages not among them are gone, `drop_others`); and, when they
+    are not, the held messages that the pages read prove gone upstream (`gone`)."""
+    messages: list[dict]
+    complete: bool
+    drop_others: bool
+    gone: list[str] = field(default_factory=list)
+
+
 class MessageReader:
-    def __init__(self, client: RuntypeClient, held_among: Callable[[list[str]], set[str]]):
+    def __init__(self, client: RuntypeClient, held_among: Callable[[list[str]], set[str]],
+                 held_times: Callable[[str], dict[str, str]]):
         self.client = client
         self.held_among = held_among              # which of these message ids the mirror holds
+        self.held_times = held_times              # {id: createdAt} the mirror holds of one
         self.offset_paging: bool | None = None   # learnt once per run
 
     def read(self, cid: str, count: int, held_state: tuple[int, str | None, bool],
-             rejects: list) -> tuple[list[dict], bool, bool]:
+             rejects: list) -> Read:
         """The messages to write for a conversation of `count` messages, given what the mirror
-        holds of it (messages held, newest held id, whether complete): (messages, complete,
-        drop_others). Records that fail validation are appended to `rejects`."""
+        holds of it (messages held, newest held id, whether complete). Records that fail
+        validation are appended to `rejects`."""
         held, newest, was_complete = held_state
         if count == 0 and held == 0:
-            return [], True, False
+            return Read([], True, False)
         raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
         page = valid_messages(cid, raw, rejects)
         ids = [m["id"] for m in page]
         ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
-        if newest is not None and newest in ids and ordered:
+        if newest is not None and newest in ids and ordered and len(raw) >= MESSAGE_PAGE:
             # everything newer than the newest held message is in this page; messages of the
-            # same second may sit on either side of it, so the mirror says which are held
+            # same second may sit on either side of it, so the mirror says which are held.
             held_here = self.held_among(ids)
             new = [m for m in page if m["id"] not in held_here]
-            if held + len(new) == count:
-                return new, True, False
+            if was_complete and held + len(new) == count:
+                return Read(new, True, False)
             if not was_complete and not rejects:
-                # the gap the server cannot close stays what it was; only the new are read
-                return new, False, False
+                # a gap stays a gap (with one, a message gone upstream and a new one balance
+                # the count): only the new are read, and held ones this page proves gone go
+                gone = self._proven_gone(cid, page, ordered, [], set(ids))
+                return Read(new, False, False, gone)
         collected = {m["id"]: m for m in page}
+        oldest_page: list[dict] = []
         if len(raw) >= MESSAGE_PAGE and len(collected) < count:
             self._read_further(cid, count, len(raw), next_cursor, collected, rejects)
             if len(collected) < count:
                 oldest, _ = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
-                for m in valid_messages(cid, oldest, rejects):
+                oldest_page = valid_messages(cid, oldest, rejects)
+                for m in oldest_page:
                     collected.setdefault(m["id"], m)
         complete = len(collected) == count and not rejects
-        if len(collected) < count:
-            log.info("conversation %s: the server serves %d of its %d messages",
-                     cid, len(collected), count)
-        return list(collected.values()), complete, complete
+        if complete:
+            return Read(list(collected.values()), True, True)
+        log.info("conversation %s: the server serves %d of its %d messages",
+                 cid, len(collected), count)
+        gone = [] if rejects else self._proven_gone(cid, page, ordered, oldest_page, collected)
+        return Read(list(collected.values()), False, False, gone)
+
+    def _proven_gone(self, cid: str, newest_page: list[dict], newest_ordered: bool,
+                     oldest_page: list[dict], collected: dict) -> list[str]:
+        """Held messages inside the time ranges the pages read cover whole, and not in them:
+        deleted upstream. The newest page holds every message newer than its oldest one; the
+        oldest page every message older than its newest one (ties at the edges prove nothing)."""
+        bounds = []
+        if newest_page and newest_ordered:
+            bounds.append(lambda at, edge=newest_page[-1]["createdAt"]: at > edge)
+        if oldest_page and all(a["createdAt"] <= b["createdAt"]
+                               for a, b in zip(oldest_page, oldest_page[1:])):
+            bounds.append(lambda at, edge=oldest_page[-1]["createdAt"]: at < edge)
+        if not bounds:
+            return []
+        return sorted(mid for mid, at in self.held_times(cid).items()
+                      if mid not in collected and at is not None
+                      and any(inside(at) for inside in bounds))
 
     def _read_further(self, cid: str, count: int, offset: int, cursor: str | None,
                       collected: dict, rejects: list) -> None:

@@ -117,7 +117,15 @@ CREATE TABLE IF NOT EXISTS _rejects (
 );
 """
 
-MIGRATIONS: list[str] = [V1]
+# A watermark belongs to the scope (status, surfaces) of the runs that made it; a queued
+# conversation's generation grows with every newer record the walk queues for it, so a fetch
+# started from an older record does not take it off the queue.
+V2 = """
+ALTER TABLE _sync_runs ADD COLUMN scope TEXT;
+ALTER TABLE _sync_queue ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
+"""
+
+MIGRATIONS: list[str] = [V1, V2]
 LATEST = len(MIGRATIONS)
 
 
@@ -134,17 +142,12 @@ def migrate(conn: sqlite3.Connection) -> None:
         raise StoreError("this database was not made by syncer; "
                          "point --db at a new file or at a syncer mirror")
     for target in range(version + 1, LATEST + 1):
-        conn.execute("BEGIN IMMEDIATE")
+        # one script, one transaction: SQLite parses the statements (triggers included)
         try:
-            for statement in _statements(MIGRATIONS[target - 1]):
-                conn.execute(statement)
-            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            conn.execute(f"PRAGMA user_version = {target}")
-            conn.execute("COMMIT")
+            conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]};\n"
+                               f"PRAGMA application_id = {APPLICATION_ID};\n"
+                               f"PRAGMA user_version = {target};\nCOMMIT;")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-
-
-def _statements(script: str) -> list[str]:
-    return [s.strip() for s in script.split(";\n") if s.strip()]

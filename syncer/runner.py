@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from . import lock
+from . import binding, lock
 from .api import RuntypeClient
 from .config import Settings
 from .store import Store
@@ -14,15 +14,20 @@ from .sync import Summary, Sync
 
 
 def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | None = None,
-             progress: Callable[[dict], None] | None = None, transport=None) -> Summary:
+             progress: Callable[[dict], None] | None = None, transport=None,
+             max_delete: str | None = None, rebind: bool = False) -> Summary:
     settings.require_key()
     with lock.writing(settings.db_path):
         store = Store.open(settings.db_path)
         try:
+            binding.check(store, settings, rebind=rebind)
             stop = stop or threading.Event()
             with RuntypeClient(settings, transport=transport, stop=stop) as client:
-                return Sync(settings, store, client, full=full, stop=stop,
-                            progress=progress).run()
+                summary = Sync(settings, store, client, full=full, stop=stop,
+                               progress=progress, max_delete=max_delete).run()
+            if summary.counts.get("pages") and summary.outcome != "auth_failed":
+                binding.record(store, settings)
+            return summary
         finally:
             store.close()
 
@@ -49,6 +54,7 @@ def run_verify(settings: Settings, *, fix: bool = False):
     with lock.writing(settings.db_path) if fix else contextlib.nullcontext():
         store = Store.open(settings.db_path) if fix else Store.open_readonly(settings.db_path)
         try:
+            binding.check(store, settings)
             with RuntypeClient(settings) as client:
                 report = verify(settings, store, client)
             if fix:

@@ -23,7 +23,7 @@ from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
-from . import lock
+from . import binding, lock
 from .config import Settings, parse_duration
 from .errors import AuthError, ConfigError, SyncerError
 from .runner import describe, run_sync
@@ -111,7 +111,11 @@ class Daemon:
         self.settings.require_key()
         db = self.settings.db_path
         with lock.writing(db, role="daemon"):
-            Store.open(db).close()  # a foreign or unusable database fails now, not every tick
+            store = Store.open(db)  # a foreign or unusable database fails now, not every tick
+            try:
+                binding.check(store, self.settings)   # so does another upstream's mirror
+            finally:
+                store.close()
             scheduler = BackgroundScheduler(job_defaults={
                 "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
             extra = {"next_run_time": datetime.now().astimezone()} if self.initial_run else {}

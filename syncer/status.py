@@ -63,6 +63,7 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
                  "WHERE _messages_complete = 0 AND _deleted_at IS NULL")
         rejects = dict(conn.execute("SELECT endpoint, count(*) FROM _rejects GROUP BY endpoint"))
         messages = q("SELECT count(*) FROM messages")[0]
+        upstream = q("SELECT value FROM _sync_state WHERE key = 'upstream_url'")
     finally:
         store.close()
     writer = lock.holder(db_path)
@@ -76,6 +77,7 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
         "size_bytes": _size(db_path) + _size(db_path + "-wal"),
         "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "writer": writer,
+        "upstream": upstream[0] if upstream else None,
         "conversations": {"live": live, "deleted": deleted},
         "messages": messages,
         "last_success": {"started_at": ok[0], "finished_at": ok[1],
@@ -133,7 +135,8 @@ def render(status: dict) -> str:
     c = s["conversations"]
     lines = [f"database    {s['database']} ({_megabytes(s['size_bytes'])})",
              f"mirror      {c['live']} conversations ({c['deleted']} deleted upstream), "
-             f"{s['messages']} messages"]
+             f"{s['messages']} messages",
+             f"upstream    {s['upstream'] or 'not recorded yet (the next sync records it)'}"]
     w = s["writer"]
     lines.append("writer      " + (f"{'daemon' if w.get('role') == 'daemon' else 'sync'} "
                                    f"pid {w.get('pid')} since {w.get('since')}" if w else "none"))

@@ -30,6 +30,9 @@ RUN_COUNTERS = ("pages", "conversations_seen", "conversations_changed", "convers
                 "conversations_failed", "messages_written", "rejects", "gaps", "requests",
                 "retries", "throttled")
 _CHUNK = 500
+# what a record (not the disk or the database) can make SQLite refuse
+RECORD_FAULTS = (OverflowError, ValueError, TypeError, sqlite3.InterfaceError,
+                 sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)
 
 
 def now_utc() -> str:
@@ -47,13 +50,16 @@ class Fetched:
 
     `drop_others`: `messages` are the conversation's whole upstream set, so held messages not
     among them were deleted upstream. `new`: the mirror did not hold the conversation when it
-    was queued (a hint for the fast path; checked)."""
+    was queued (a hint for the fast path; checked). `gen`: the conversation leaves the queue
+    only if no newer record was queued since (None: whatever is queued)."""
     row: dict
     messages: list[dict]
     complete: bool
     drop_others: bool
     new: bool = False
     rejects: list[tuple[str, object, str]] = field(default_factory=list)
+    gen: int | None = None           # the queue generation the fetch began from
+    gone: list[str] = field(default_factory=list)   # held messages known deleted upstream
 
 
 @dataclass(frozen=True)
@@ -119,18 +125,30 @@ class Store:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction, holding the store's lock: other threads' reads (which take the same
+        lock) see it whole or not at all. A failed COMMIT is rolled back, never left open."""
         with self._lock:
             self.conn.execute("BEGIN IMMEDIATE")
             try:
                 yield self.conn
+                self.conn.execute("COMMIT")
             except BaseException:
-                self.conn.execute("ROLLBACK")
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
                 raise
-            self.conn.execute("COMMIT")
+
+    def _rows(self, sql: str, args: Iterable = ()) -> list[tuple]:
+        """A read that never sees another thread's transaction half-done."""
+        with self._lock:
+            return self.conn.execute(sql, tuple(args)).fetchall()
+
+    def _one(self, sql: str, args: Iterable = ()) -> tuple | None:
+        rows = self._rows(sql, args)
+        return rows[0] if rows else None
 
     # -- state and queue ---------------------------------------------------------------------
     def get_state(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM _sync_state WHERE key = ?", (key,)).fetchone()
+        row = self._one("SELECT value FROM _sync_state WHERE key = ?", (key,))
         return row[0] if row else None
 
     def set_state(self, key: str, value: str | None) -> None:
@@ -145,36 +163,44 @@ class Store:
         out: dict[str, Stored] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for cid, sig, deleted in self.conn.execute(
+            for cid, sig, deleted in self._rows(
                     f"SELECT id, _list_sig, _deleted_at FROM conversations WHERE id IN ({marks})",
                     chunk):
                 out[cid] = Stored(sig, deleted is not None)
         return out
 
     def enqueue_records(self, items: Iterable[tuple[str, str, str | None]]) -> None:
-        """Queue (id, reason, list record as JSON or None). A queued id keeps its place and
-        takes the newer record."""
+        """Queue (id, reason, list record as JSON or None). A queued id keeps its place, takes
+        the newer record and a new generation: a fetch begun from an older one leaves it queued."""
         at = now_utc()
         self.conn.executemany(
             "INSERT INTO _sync_queue (id, queued_at, reason, record) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET record = coalesce(excluded.record, record)",
+            "ON CONFLICT(id) DO UPDATE SET record = coalesce(excluded.record, record), "
+            "gen = gen + (coalesce(excluded.record, record) IS NOT record)",
             [(cid, at, reason, record) for cid, reason, record in items])
 
-    def queued_record(self, cid: str) -> dict | None:
-        row = self.conn.execute("SELECT record FROM _sync_queue WHERE id = ?", (cid,)).fetchone()
-        return json.loads(row[0]) if row and row[0] else None
+    def queue_entry(self, cid: str) -> tuple[dict | None, int | None]:
+        """(the queued list record or None, its generation or None when not queued)."""
+        row = self._one("SELECT record, gen FROM _sync_queue WHERE id = ?", (cid,))
+        if row is None:
+            return None, None
+        return (json.loads(row[0]) if row[0] else None), row[1]
 
-    def dequeue(self, cid: str) -> None:
-        self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (cid,))
+    def dequeue(self, cid: str, gen: int | None = None) -> None:
+        """Take a conversation off the queue; with `gen`, only if no newer record came since."""
+        if gen is None:
+            self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (cid,))
+        else:
+            self.conn.execute("DELETE FROM _sync_queue WHERE id = ? AND gen = ?", (cid, gen))
 
     def queued(self, limit: int | None = None) -> list[str]:
         sql = "SELECT id FROM _sync_queue ORDER BY queued_at, id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [r[0] for r in self.conn.execute(sql)]
+        return [r[0] for r in self._rows(sql)]
 
     def queue_size(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM _sync_queue").fetchone()[0]
+        return self._one("SELECT count(*) FROM _sync_queue")[0]
 
     def record_failure(self, cid: str, error: str, run_id: int | None = None) -> None:
         with self.transaction():
@@ -183,40 +209,45 @@ class Store:
             if run_id is not None:
                 self.add_to_run(run_id, {"conversations_failed": 1})
 
-    def mark_seen(self, ids: list[str]) -> None:
-        self.conn.executemany("INSERT OR IGNORE INTO _walk_seen (id) VALUES (?)",
-                              [(i,) for i in ids])
+    def live_in_scope(self, status: str, surfaces: tuple[str, ...]) -> list[str]:
+        """Live conversations the mirror holds within a scope (status, surfaces)."""
+        sql, args = "SELECT id FROM conversations WHERE _deleted_at IS NULL", []
+        if status != "all":
+            sql, args = sql + " AND status = ?", [status]
+        if surfaces:
+            sql += f" AND surfaceId IN ({','.join('?' * len(surfaces))})"
+            args += list(surfaces)
+        return [r[0] for r in self._rows(sql + " ORDER BY id", args)]
 
-    def clear_seen(self) -> None:
-        self.conn.execute("DELETE FROM _walk_seen")
-
-    def unseen_live_ids(self) -> list[str]:
-        """Live conversations the completed walk did not see: candidates for deletion."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT id FROM conversations WHERE _deleted_at IS NULL "
-            "AND id NOT IN (SELECT id FROM _walk_seen) ORDER BY id")]
+    def live_count(self) -> int:
+        return self._one("SELECT count(*) FROM conversations WHERE _deleted_at IS NULL")[0]
 
     # -- conversations and messages ----------------------------------------------------------
     def message_ids(self, cid: str) -> list[str]:
-        return [r[0] for r in self.conn.execute(
+        return [r[0] for r in self._rows(
             "SELECT id FROM messages WHERE conversationId = ?", (cid,))]
 
     def message_state(self, cid: str) -> tuple[int, str | None, bool]:
         """(messages held, id of the newest held, whether the held set was complete)."""
-        held = self.conn.execute("SELECT count(*) FROM messages WHERE conversationId = ?",
-                                 (cid,)).fetchone()[0]
-        newest = self.conn.execute(
-            "SELECT id FROM messages WHERE conversationId = ? ORDER BY createdAt DESC, id DESC "
-            "LIMIT 1", (cid,)).fetchone()
-        complete = self.conn.execute("SELECT _messages_complete FROM conversations WHERE id = ?",
-                                     (cid,)).fetchone()
+        with self._lock:
+            held = self._one("SELECT count(*) FROM messages WHERE conversationId = ?", (cid,))[0]
+            newest = self._one(
+                "SELECT id FROM messages WHERE conversationId = ? "
+                "ORDER BY createdAt DESC, id DESC LIMIT 1", (cid,))
+            complete = self._one("SELECT _messages_complete FROM conversations WHERE id = ?",
+                                 (cid,))
         return held, newest[0] if newest else None, bool(complete and complete[0])
+
+    def held_times(self, cid: str) -> dict[str, str]:
+        """The messages the mirror holds of a conversation: {id: createdAt}."""
+        return dict(self._rows("SELECT id, createdAt FROM messages WHERE conversationId = ?",
+                               (cid,)))
 
     def held_among(self, ids: list[str]) -> set[str]:
         """Which of these message ids the mirror holds."""
         out: set[str] = set()
         for chunk in _chunks(ids):
-            out.update(r[0] for r in self.conn.execute(
+            out.update(r[0] for r in self._rows(
                 f"SELECT id FROM messages WHERE id IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
@@ -320,16 +351,38 @@ class Store:
         return True
 
     def save_conversations(self, batch: list["Fetched"], run_id: int | None = None
-                           ) -> list[tuple[int, int]]:
+                           ) -> list[tuple[int, int] | None]:
         """Commit fetched conversations in one transaction: for each, its row, its messages,
         its completeness, the records rejected while reading it and the run's counters, and
-        its removal from the queue. Returns (messages written, messages missing) for each."""
+        its removal from the queue. Returns (messages written, messages missing) for each, or
+        None for one SQLite cannot store: it goes to _rejects alone and the rest commit."""
         synced_at = now_utc()
         with self.transaction():
-            return [self._save_one(item, synced_at, run_id) for item in batch]
+            return [self._save_isolated(item, synced_at, run_id) for item in batch]
 
-    def save_conversation(self, item: "Fetched", run_id: int | None = None) -> tuple[int, int]:
+    def save_conversation(self, item: "Fetched", run_id: int | None = None
+                          ) -> tuple[int, int] | None:
         return self.save_conversations([item], run_id)[0]
+
+    def _save_isolated(self, item: "Fetched", synced_at: str, run_id: int | None
+                       ) -> tuple[int, int] | None:
+        self.conn.execute("SAVEPOINT conversation")
+        try:
+            result = self._save_one(item, synced_at, run_id)
+        except RECORD_FAULTS as e:
+            self.conn.execute("ROLLBACK TO conversation")
+            self.conn.execute("RELEASE conversation")
+            try:
+                record = json.loads(item.row["_raw"])
+            except (KeyError, TypeError, ValueError):
+                record = {"id": item.row.get("id")}
+            self.reject("store", record, f"cannot be stored: {type(e).__name__}: {e}")
+            self.dequeue(item.row["id"])
+            if run_id is not None:
+                self.add_to_run(run_id, {"rejects": 1})
+            return None
+        self.conn.execute("RELEASE conversation")
+        return result
 
     def _save_one(self, item: "Fetched", synced_at: str, run_id: int | None) -> tuple[int, int]:
         row, messages = item.row, item.messages
@@ -343,15 +396,17 @@ class Store:
             if item.drop_others:
                 keep = {m["id"] for m in messages}
                 gone = [i for i in self.message_ids(row["id"]) if i not in keep]
-                self._delete_messages(gone)
-                written += len(gone)
+            else:
+                gone = item.gone
+            self._delete_messages(gone)
+            written += len(gone)
             held = self.held_messages(row["id"])
         missing = 0 if item.complete else max(row["messageCount"] - held, 0)
         self.conn.execute(
             "UPDATE conversations SET _messages_held = ?, _messages_missing = ?, "
             "_messages_complete = ? WHERE id = ?",
             (held, missing, int(item.complete), row["id"]))
-        self.conn.execute("DELETE FROM _sync_queue WHERE id = ?", (row["id"],))
+        self.dequeue(row["id"], item.gen)
         if run_id is not None:
             self.add_to_run(run_id, {"conversations_changed": 1, "messages_written": written,
                                      "gaps": int(missing > 0), "rejects": len(item.rejects)})
@@ -393,15 +448,15 @@ class Store:
             (endpoint, key, reason[:500], raw[:1_000_000], at, at))
 
     # -- runs --------------------------------------------------------------------------------
-    def start_run(self, mode: str) -> int:
+    def start_run(self, mode: str, scope: str | None = None) -> int:
         """Record a new run. Runs still marked running were killed: the caller holds the
         writer's lock, so no other run can be alive."""
         with self.transaction():
             self.conn.execute("UPDATE _sync_runs SET outcome = 'killed' "
                               "WHERE outcome = 'running'")
             return self.conn.execute(
-                "INSERT INTO _sync_runs (started_at, outcome, mode) VALUES (?, 'running', ?)",
-                (now_utc(), mode)).lastrowid
+                "INSERT INTO _sync_runs (started_at, outcome, mode, scope) "
+                "VALUES (?, 'running', ?, ?)", (now_utc(), mode, scope)).lastrowid
 
     def add_to_run(self, run_id: int, counts: dict[str, int]) -> None:
         """Add counters to the run record. Call inside the transaction of the unit counted."""
@@ -425,22 +480,23 @@ class Store:
                 (now_utc(), outcome, error, walk_started_at, watermark, int(early_stop), run_id))
 
     def run(self, run_id: int) -> dict:
-        cur = self.conn.execute("SELECT * FROM _sync_runs WHERE id = ?", (run_id,))
-        names = [d[0] for d in cur.description]
-        return dict(zip(names, cur.fetchone()))
+        with self._lock:
+            cur = self.conn.execute("SELECT * FROM _sync_runs WHERE id = ?", (run_id,))
+            names = [d[0] for d in cur.description]
+            return dict(zip(names, cur.fetchone()))
 
-    def watermark(self) -> str | None:
-        """The newest watermark a run committed: every change before it is in the mirror."""
-        row = self.conn.execute("SELECT max(watermark) FROM _sync_runs").fetchone()
-        return row[0]
+    def watermark(self, scope: str | None) -> str | None:
+        """The newest watermark a run of this scope committed: every change before it, within
+        the scope, is in the mirror. Another scope's watermark says nothing of this one."""
+        return self._one("SELECT max(watermark) FROM _sync_runs WHERE scope = ?", (scope,))[0]
 
-    def last_full_walk(self) -> str | None:
-        row = self.conn.execute(
+    def last_full_walk(self, scope: str | None) -> str | None:
+        """When the last run of this scope that walked the whole list and ended ok began."""
+        return self._one(
             "SELECT max(walk_started_at) FROM _sync_runs WHERE mode = 'full' "
-            "AND outcome IN ('ok', 'partial')").fetchone()
-        return row[0]
+            "AND outcome = 'ok' AND scope = ?", (scope,))[0]
 
     def gaps(self) -> list[tuple[str, int, int]]:
-        return list(self.conn.execute(
+        return self._rows(
             "SELECT id, messageCount, _messages_held FROM conversations "
-            "WHERE _messages_complete = 0 AND _deleted_at IS NULL ORDER BY id"))
+            "WHERE _messages_complete = 0 AND _deleted_at IS NULL ORDER BY id")

@@ -22,6 +22,7 @@ MESSAGE_FIELDS = (
 )
 TIMESTAMP_FIELDS = frozenset({"createdAt", "updatedAt", "lastMessageAt"})
 JSON_FIELDS = frozenset({"context", "participantMetadata", "surface", "metadata"})
+MAX_INTEGER = 2 ** 63 - 1     # SQLite's largest INTEGER
 
 
 class BadRecord(ValueError):
@@ -101,7 +102,10 @@ def conversation_row(record: dict) -> dict:
     """A list or detail record -> a `conversations` row (without bookkeeping columns)."""
     fields = CONVERSATION_FIELDS + tuple(f for f in DETAIL_FIELDS if f in record)
     row = _row(record, fields)
-    row["messageCount"] = int(row["messageCount"])
+    count = int(row["messageCount"])
+    if not 0 <= count <= MAX_INTEGER:
+        raise BadRecord(f"messageCount {count} is outside what SQLite can store")
+    row["messageCount"] = count
     return row
 
 

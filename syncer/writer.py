@@ -35,6 +35,8 @@ class BatchWriter:
         self.on_saved = on_saved
         self._queue: queue.Queue = queue.Queue(capacity)
         self._error: BaseException | None = None
+        self._outstanding = 0             # handed over, not yet committed
+        self._committed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
 
     def __enter__(self) -> "BatchWriter":
@@ -46,6 +48,8 @@ class BatchWriter:
 
     def put(self, item: Fetched) -> None:
         """Hand a conversation over; blocks while the queue is full."""
+        with self._committed:
+            self._outstanding += 1
         while True:
             self._raise_if_failed()
             try:
@@ -53,6 +57,13 @@ class BatchWriter:
                 return
             except queue.Full:
                 continue
+
+    def flush(self) -> None:
+        """Wait until everything handed over is committed; re-raises the thread's error."""
+        with self._committed:
+            while self._outstanding and self._error is None:
+                self._committed.wait(0.5)
+        self._raise_if_failed()
 
     def close(self) -> None:
         """Commit what is queued and stop the thread; re-raises the thread's error."""
@@ -89,5 +100,10 @@ class BatchWriter:
                     batch.append(item)
                 results = self.store.save_conversations(batch, self.run_id)
                 self.on_saved(batch, results)
+                with self._committed:
+                    self._outstanding -= len(batch)
+                    self._committed.notify_all()
         except BaseException as e:  # recorded, and raised in the fetch threads and by close()
             self._error = e
+            with self._committed:
+                self._committed.notify_all()

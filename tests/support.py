@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import Counter
 
 from syncer.config import Settings
 from syncer.transform import TIMESTAMP_FIELDS, normalize_timestamp
@@ -96,6 +97,41 @@ def assert_exact_except_gaps(db_path, upstream) -> dict[str, tuple[int, int]]:
     conn.close()
     assert fts_ok(db_path)
     return gaps
+
+
+def assert_as_of(db_path, snapshot, *, pending=frozenset(), in_scope=lambda c: True,
+                 whole_walk: bool = True) -> None:
+    """The mirror after a run that exited 0, judged against `snapshot` (upstream.snapshot() taken
+    when the run began): every conversation in scope is held exactly, with exactly its
+    messages or a recorded gap. `pending`: ids changed while the run ran, whose state may be
+    either. Live conversations of the mirror that are not upstream in scope are allowed only
+    when the run did not walk the whole list (deletions are concluded by whole walks)."""
+    got_c, got_m = mirror(db_path)
+    want_c = {c["id"]: c for c in snapshot[0] if in_scope(c) and c["id"] not in pending}
+    want_m = {m["id"]: m for m in snapshot[1] if m["conversationId"] in want_c}
+    for cid, record in want_c.items():
+        assert got_c.get(cid) == record, f"conversation {cid}: mirror differs from upstream"
+    if whole_walk:
+        extra = {cid for cid, c in got_c.items()
+                 if cid not in want_c and cid not in pending and in_scope(c)}
+        assert not extra, f"live in the mirror, gone upstream after a whole walk: {extra}"
+    held = {i: m for i, m in got_m.items() if m["conversationId"] in want_c}
+    assert set(held) <= set(want_m), f"messages not upstream: {set(held) - set(want_m)}"
+    assert all(held[i] == want_m[i] for i in held)
+    conn = sqlite3.connect(db_path)
+    recorded = {cid: (complete, missing) for cid, complete, missing in conn.execute(
+        "SELECT id, _messages_complete, _messages_missing FROM conversations "
+        "WHERE _deleted_at IS NULL")}
+    conn.close()
+    per = Counter(m["conversationId"] for m in held.values())
+    upstream_per = Counter(m["conversationId"] for m in want_m.values())
+    for cid, record in want_c.items():
+        count = upstream_per.get(cid, 0)
+        if per.get(cid, 0) != count:
+            complete, missing = recorded[cid]
+            assert not complete and missing == record["messageCount"] - per.get(cid, 0), \
+                f"{cid}: holds {per.get(cid, 0)} of {count} messages, gap not recorded"
+    assert fts_ok(db_path)
 
 
 def pytest_fail(cid):

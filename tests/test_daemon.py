@@ -141,10 +141,9 @@ def test_sigterm_mid_run_exits_0_consistent_and_the_next_run_resumes(tmp_path, d
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         held = conn.execute("SELECT count(*) FROM conversations").fetchone()[0]
         queued = conn.execute("SELECT count(*) FROM _sync_queue").fetchone()[0]
-        checkpoint = conn.execute("SELECT value FROM _sync_state WHERE key = 'walk'").fetchone()
         conn.close()
         assert fts_ok(d.db)
-        assert 30 <= held < 250 and queued > 0 and checkpoint is not None
+        assert 30 <= held < 250 and queued > 0
         assert "the next run resumes" in d.text()
 
         server.reset_log()
@@ -152,7 +151,7 @@ def test_sigterm_mid_run_exits_0_consistent_and_the_next_run_resumes(tmp_path, d
         assert summary.outcome == "ok"
         assert summary.counts["conversations_changed"] == 250 - held   # nothing fetched twice
         first_list = next(q for m, p, q, s in server.requests if p == LIST)
-        assert "cursor" in first_list                                 # the walk went on
+        assert "cursor" not in first_list     # a fresh walk: what moved meanwhile is seen
         assert_exact(d.db, upstream)
 
 

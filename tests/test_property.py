@@ -1,6 +1,9 @@
-"""Property: whatever happens upstream between and during syncs, and however often a sync is
-killed part-way (a real SIGKILL), one clean full sync afterwards leaves the mirror equal to
-upstream, or reporting exactly the message gaps the server cannot close.
+"""Property: whatever happens upstream between and during syncs, whatever the scope, and
+however often a sync is killed part-way (a real SIGKILL), every run that exits 0 leaves the
+mirror equal to upstream as of that run's start, within its scope (what changed while it ran
+may be pending; deletions are concluded by runs that walked the whole list), and one clean
+full sync afterwards leaves it equal to upstream, or reporting exactly the message gaps the
+server cannot close.
 
 Fast profile (CI): a handful of examples. Soak profile: SYNCER_SOAK=1 runs many more
 (SYNCER_SOAK_EXAMPLES, default 100), with 20 % injected faults on every request (5xx, 429 with
@@ -16,7 +19,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import KEY, assert_exact_except_gaps, settings_for
+from support import KEY, assert_as_of, assert_exact_except_gaps, settings_for
 
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -24,6 +27,9 @@ from syncer.simulator import Behaviour, SimulatorServer, generate
 SOAK = os.environ.get("SYNCER_SOAK") == "1"
 SOAK_EXAMPLES = int(os.environ.get("SYNCER_SOAK_EXAMPLES", "100"))
 LIST = "/v1/messaging/conversations"
+# (status, surfaces) a run may be limited to
+SCOPES = (("all", ()), ("open", ()), ("all", ("surface_001",)),
+          ("all", ("surface_001", "surface_002")), ("open", ("surface_003",)))
 FAULTS = ("500", "503", "429", "429_no_retry_after", "timeout", "drop", "invalid_json",
           "html_200")
 
@@ -36,6 +42,7 @@ step = st.one_of(
     st.tuples(st.just("sync"), st.booleans()),
     st.tuples(st.just("killed"), st.floats(0.0, 1.2)),
     st.tuples(st.just("churn"), st.integers(1, 3)),
+    st.tuples(st.just("scope"), st.integers(0, len(SCOPES) - 1)),
 )
 world = st.fixed_dictionaries({
     "order": st.sampled_from(["updated_desc", "created_desc", "last_message_desc", "id_asc",
@@ -71,14 +78,34 @@ def _apply(upstream, op, arg):
                              role="user" if arg % 2 else "assistant")
 
 
-def _killed_sync(server, db, delay):
+def _in_scope(scope):
+    status, surfaces = scope
+    return lambda c: ((status == "all" or c["status"] == status)
+                      and (not surfaces or c["surfaceId"] in surfaces))
+
+
+def _config(tmp, scope) -> Path:
+    status, surfaces = scope
+    path = Path(tmp) / "syncer.toml"
+    path.write_text(f'[sync]\nstatus = "{status}"\nsurface_ids = {list(surfaces)!r}\n'
+                    'max_delete = "100%"\n'.replace("'", '"'))
+    return path
+
+
+def _killed_sync(server, db, delay, config) -> int | None:
+    """A `syncer sync` process SIGKILLed after `delay` seconds; its exit code if it ended
+    before that."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTYPE_", "SYNCER_"))}
     env.update(RUNTYPE_BASE_URL=server.base_url, RUNTYPE_API_KEY=KEY)
-    p = subprocess.Popen([sys.executable, "-m", "syncer", "--db", str(db), "sync"], env=env,
+    p = subprocess.Popen([sys.executable, "-m", "syncer", "--config", str(config), "--db",
+                          str(db), "sync"], env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(delay)
-    p.kill()
-    p.wait()
+    try:
+        return p.wait(delay)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+        return None
 
 
 @settings(max_examples=SOAK_EXAMPLES if SOAK else 5, deadline=None, derandomize=not SOAK,
@@ -106,31 +133,50 @@ def test_any_interleaving_converges(world, steps):
     with tempfile.TemporaryDirectory() as tmp, SimulatorServer(upstream, behaviour) as server:
         db = Path(tmp) / "m.db"
         churn = {"pages": 0, "n": 0}
+        touched: set[str] = set()       # changed while a run ran: may be pending after it
+        scope = SCOPES[0]
 
         def during_walk(method, path, query):
             if path == LIST and churn["n"]:
                 churn["pages"] += 1
                 if churn["pages"] == 1:
                     for k in range(churn["n"]):
+                        touched.add(_pick(upstream, k * 7))
                         _apply(upstream, "delete", k * 7)
                         _apply(upstream, "create", k)
+                    touched.update(set(upstream.conversation_ids()) - set(at_start_ids))
         behaviour.on_request = during_walk
         for op, arg in steps:
+            if op in ("sync", "killed"):
+                touched.clear()
+                churn["pages"] = 0
+                at_start = upstream.snapshot()
+                at_start_ids = [c["id"] for c in at_start[0]]
             if op == "sync":
-                summary = run_sync(settings_for(server, db, timeout=0.3, max_retries=3),
-                                   full=arg)
+                summary = run_sync(settings_for(server, db, timeout=0.3, max_retries=3,
+                                                status=scope[0], surface_ids=scope[1],
+                                                max_delete="100%"), full=arg)
                 assert summary.outcome in ("ok", "partial", "failed"), summary
                 assert summary.exit_code in (0, 1)
+                code = summary.exit_code
+                whole = not summary.early_stop
             elif op == "killed":
-                _killed_sync(server, db, arg)
+                code = _killed_sync(server, db, arg, _config(tmp, scope))
+                whole = False          # not known from outside: judge only what it fetched
             elif op == "churn":
                 churn.update(pages=0, n=arg)
+            elif op == "scope":
+                scope = SCOPES[arg]
             else:
                 _apply(upstream, op, arg)
+            if op in ("sync", "killed") and code == 0:
+                pending = touched - {None}
+                assert_as_of(db, at_start, pending=pending, in_scope=_in_scope(scope),
+                             whole_walk=whole)
         behaviour.fault_rate = 0
         behaviour.latency_ms = 0
         churn["n"] = 0
-        final = run_sync(settings_for(server, db), full=True)
+        final = run_sync(settings_for(server, db, max_delete="100%"), full=True)
         assert final.outcome == "ok", final.error
         gaps = assert_exact_except_gaps(db, upstream)
         assert {cid: (held, count) for cid, count, held in final.gaps} == gaps

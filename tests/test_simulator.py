@@ -289,20 +289,27 @@ def test_generate_is_deterministic_and_varied():
 
 
 def test_requests_are_served_concurrently(server, client):
-    server.behaviour.latency_ms = 200
+    """Eight requests that each wait, inside the server, for all eight to arrive: a server
+    that served them one at a time would break the barrier (no timing involved)."""
+    barrier = threading.Barrier(8, timeout=30)
+    met = []
+
+    def wait_for_the_others(method, path, query):
+        met.append(barrier.wait() >= 0)
+    server.behaviour.on_request = wait_for_the_others
     statuses = []
 
     def one():
-        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}) as own:
+        with httpx.Client(headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as own:
             statuses.append(own.get(server.base_url + CONVERSATIONS).status_code)
 
     threads = [threading.Thread(target=one) for _ in range(8)]
-    began = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert time.monotonic() - began < 1.0
+    server.behaviour.on_request = None
+    assert met == [True] * 8
     assert statuses == [200] * 8
 
 

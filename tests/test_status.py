@@ -77,6 +77,7 @@ def test_status_json_reports_runs_queue_gaps_rejects_and_size(synced):
     assert info == {
         "database": str(tmp_path / "m.db"),
         "writer": None,
+        "upstream": server.base_url,
         "conversations": {"live": 39, "deleted": 0},
         "messages": messages,
         "last_success": None,
@@ -97,8 +98,9 @@ def test_status_text_and_check_once_the_next_run_succeeds(synced):
     messages = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
     conn.close()
     assert lines[1] == f"mirror      40 conversations (0 deleted upstream), {messages} messages"
-    assert lines[2] == "writer      none"
-    assert lines[5] == "queue       0 conversations waiting"
+    assert lines[2] == f"upstream    {server.base_url}"
+    assert lines[3] == "writer      none"
+    assert lines[6] == "queue       0 conversations waiting"
     assert lines[-1].startswith("healthy: last successful sync ")
     table = lines[lines.index("") + 1:-1]
     assert table[0].split() == ["started", "took", "outcome", "mode", "changed", "deleted",

@@ -321,7 +321,10 @@ def handle(upstream: Upstream, behaviour: Behaviour, method: str, path: str, que
            headers: dict, body: bytes = b"") -> tuple[int, dict, bytes]:
     """Serve one request: hook, latency, auth, rate limit, fault, then the endpoint."""
     if behaviour.on_request is not None:
-        behaviour.on_request(method, path, dict(query))
+        try:
+            behaviour.on_request(method, path, dict(query))
+        except HTTPError as err:            # a test's hook may fail one request on purpose
+            return _error(err, {"Date": format_datetime(upstream.now(), usegmt=True)})
     if behaviour.latency_ms:
         time.sleep(behaviour.latency_ms / 1000)
     headers = {k.lower(): v for k, v in headers.items()}

@@ -78,7 +78,7 @@ class Upstream:
         self.view_cache: dict = {}
         self._conversations: dict[str, dict] = {}
         self._messages: dict[str, list[dict]] = {}
-        self._ids = random.Random(seed)
+        self._ids = random.Random(f"new ids {seed}")   # not the generator's sequence
 
     # -- clock and ids -------------------------------------------------------------------------
     def now(self) -> datetime:
@@ -192,6 +192,20 @@ class Upstream:
         with self.lock:
             del self._conversations[conversation_id]
             del self._messages[conversation_id]
+            self._changed()
+
+    def delete_message(self, conversation_id: str, message_id: str) -> None:
+        """Remove one message (moderation, erasure); messageCount and lastMessageAt follow,
+        updatedAt too when `self.behaviour.message_bumps_updated`. KeyError if absent."""
+        with self.lock:
+            conversation = self._conversations[conversation_id]
+            messages = self._messages[conversation_id]
+            index = next(i for i, m in enumerate(messages) if m["id"] == message_id)
+            del messages[index]
+            conversation["messageCount"] = len(messages)
+            conversation["lastMessageAt"] = messages[-1]["createdAt"] if messages else None
+            if self.behaviour.message_bumps_updated:
+                conversation["updatedAt"] = self._stamp()
             self._changed()
 
     def add_message(self, conversation_id: str, content: str, role: str = "user",
