@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from .api import RuntypeClient
 from .config import Settings
-from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, SyncerError)
+from .errors import (ApiError, AuthError, BadRequestError, Interrupted, NotFoundError,
+                     SyncerError)
 from .pagination import Walker
 from .store import Fetched, Store, now_utc
 from .transform import (BadRecord, checked_conversation_row, format_instant, list_signature,
@@ -105,6 +106,8 @@ class Sync:
                 self.store.optimize_fts()
         except AuthError as e:
             summary.outcome, summary.error = "auth_failed", str(e)
+        except Interrupted:
+            summary.outcome = "interrupted"
         except SyncerError as e:
             summary.outcome, summary.error = "failed", str(e)
         except BaseException as e:
