@@ -1,26 +1,37 @@
 """The Runtype messaging API client: list pages, conversation details, messages.
 
 Policy lives here (auth header, timeouts, retries, pacing, size limit, no redirects); the I/O is
-an httpx transport that tests may swap. Errors are translated into syncer.errors in one place,
-`_request`. The key is only ever in the Authorization header: never in a URL, log or error.
+an httpx transport that tests may swap (by default transport.py's, whose reads end at a
+request's deadline or soon after a stop). Errors are translated into syncer.errors in one
+place, `_request`. The key is only ever in the Authorization header: never in a URL, log or
+error.
+
+`[api].timeout` bounds a whole request, however slowly the server answers. A refused
+connection, an unknown host or a refused certificate before the server ever answered is not
+retried: the URL is wrong, not the network. The server's clock is read from its `Date` headers
+(`clock_skew`); rate-limit resets given as a time are read on it, and a skew or a missing
+`Date` is logged once.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
+import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import httpx
 
-from . import __version__, retry
+from . import __version__, retry, transport as bounded
 from .config import Settings
-from .errors import (ApiError, AuthError, BadRequestError, NotFoundError, ProtocolError,
-                     RetriesExhausted, RetryableError)
+from .errors import (ApiError, AuthError, BadRequestError, Interrupted, NotFoundError,
+                     ProtocolError, RetriesExhausted, RetryableError, UnreachableError)
 from .validate import problem
 
 log = logging.getLogger(__name__)
@@ -28,6 +39,7 @@ log = logging.getLogger(__name__)
 CONVERSATIONS = "/v1/messaging/conversations"
 USER_AGENT = f"syncer/{__version__} (+Runtype mirror)"
 MESSAGE_PAGE = 100
+SKEW_TO_REPORT = 5.0     # seconds between the server's clock and ours worth a warning
 
 
 @dataclass
@@ -61,14 +73,53 @@ def conversation_path(cid: str) -> str:
     return f"{CONVERSATIONS}/{segment}"
 
 
-def _server_time(response: httpx.Response) -> datetime:
+def _server_time(response: httpx.Response, clock: retry.ServerClock) -> datetime:
     date = response.headers.get("date")
     if date:
         try:
             return parsedate_to_datetime(date).astimezone(timezone.utc)
         except (TypeError, ValueError):
             pass
-    return datetime.now(timezone.utc)
+    return datetime.fromtimestamp(clock.now(), timezone.utc)
+
+
+def _origin(url: str) -> str:
+    """The base URL as it may be shown: no user, password, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def _causes(error: BaseException):
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def connect_failure(error: Exception) -> tuple[str, bool]:
+    """Why a connection could not be made, and whether that is final while the server has
+    never answered (refused, unknown host, certificate refused: retrying changes nothing)."""
+    if isinstance(error, httpx.ConnectTimeout):
+        return "connection timed out", False
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            detail = getattr(cause, "verify_message", None)
+            return "TLS certificate not accepted" + (f": {detail}" if detail else ""), True
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed", False
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused", True
+        if isinstance(cause, socket.gaierror):
+            return "DNS lookup failed" + (f": {cause.strerror}" if cause.strerror else ""), True
+        if isinstance(cause, TimeoutError):
+            return "connection timed out", False
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:], False
+    return type(error).__name__, False
 
 
 def _error_text(body: bytes) -> str:
@@ -87,19 +138,34 @@ class RuntypeClient:
                  stop: threading.Event | None = None):
         key = settings.require_key()
         self.settings = settings
-        self.stop = stop or threading.Event()   # set: waits end at once, no more retries
+        # set: waits end at once, no more retries, requests in flight end within seconds
+        self.stop = stop or threading.Event()
         self.counters = Counters()
         self.pacer = retry.Pacer()
+        self.clock = retry.ServerClock()
+        self.undated_answers = 0        # answers without a usable Date header
+        self._answered = False          # the server has answered at least once
+        self._said: set[str] = set()    # warnings already logged
+        self._lock = threading.Lock()
+        self._bounds = bounded.Bounds(self.stop)
+        self._where = _origin(settings.base_url)
         pool = settings.concurrency + 2
+        limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
         self._http = httpx.Client(
             base_url=settings.base_url,
             headers={"Authorization": f"Bearer {key}", "User-Agent": USER_AGENT,
                      "Accept": "application/json"},
             timeout=httpx.Timeout(settings.timeout, connect=min(settings.timeout, 10.0)),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool),
+            limits=limits,
             follow_redirects=False,
-            transport=transport,
+            transport=transport or bounded.bounded_transport(self._bounds, limits),
         )
+
+    @property
+    def clock_skew(self) -> float | None:
+        """The server's clock minus ours in seconds (to about a second, from its Date
+        headers), or None while no answer has carried a Date."""
+        return self.clock.offset
 
     def close(self) -> None:
         self._http.close()
@@ -127,7 +193,7 @@ class RuntypeClient:
             next_cursor=next_cursor,
             has_more=bool(next_cursor) if has_more is None else bool(has_more),
             total_count=pagination.get("totalCount"),
-            server_time=_server_time(response),
+            server_time=_server_time(response, self.clock),
         )
 
     def get_conversation(self, cid: str) -> dict:
@@ -171,45 +237,60 @@ class RuntypeClient:
                         raise RetryableError(f"GET {path}: malformed answer ({reason})", path=path)
                 return body, response
             except RetryableError as e:
+                if self.stop.is_set():
+                    raise Interrupted(f"{e} (not retried: stopping)") from None
                 attempt += 1
                 if attempt > self.settings.max_retries:
                     raise RetriesExhausted(f"{e} (gave up after {attempt} attempts)",
                                            path=path, status=e.status) from None
-                self.counters.add("retries")
                 wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
                 log.info("retrying GET %s in %.1fs: %s", path, wait, e)
                 if self.stop.wait(wait):
-                    raise RetriesExhausted(f"{e} (not retried: stopping)", path=path,
-                                           status=e.status) from None
+                    raise Interrupted(f"{e} (not retried: stopping)") from None
+                self.counters.add("retries")
 
     def _request(self, path: str, params: dict) -> tuple[object, httpx.Response]:
         self.pacer.wait(self.stop)
         self.counters.add("requests")
-        started = time.monotonic()
+        started, sent = time.monotonic(), time.time()
         limit = self.settings.max_response_bytes
+        timeout = self.settings.timeout
         try:
-            with self._http.stream("GET", path, params=params) as response:
+            with self._bounds.request(timeout), \
+                    self._http.stream("GET", path, params=params) as response:
+                self._answered = True
+                self._read_clock(response, sent)
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
                     raise ProtocolError(f"GET {path}: answer of {int(declared)} bytes is over the "
                                         f"{limit} byte limit ([api].max_response_mb)", path=path)
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
+                    self._bounds.left()     # also for a transport that is not ours
                     size += len(chunk)
                     if size > limit:
                         raise ProtocolError(f"GET {path}: answer is over the {limit} byte limit "
                                             "([api].max_response_mb)", path=path)
                     chunks.append(chunk)
                 body = b"".join(chunks)
-        except httpx.TimeoutException:
-            raise RetryableError(f"GET {path}: timed out", path=path) from None
+        except bounded.Stopped:
+            raise RetryableError(f"GET {path}: ended by a stop request", path=path) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            reason, final = connect_failure(e)
+            text = f"cannot reach {self._where} ({reason})"
+            if final and not self._answered:
+                raise UnreachableError(text, path=path) from None
+            raise RetryableError(text, path=path) from None
+        except (bounded.DeadlineExceeded, httpx.TimeoutException):
+            raise RetryableError(f"GET {path}: timed out after {timeout:g}s ([api].timeout)",
+                                 path=path) from None
         except httpx.TransportError as e:
             raise RetryableError(f"GET {path}: connection failed ({type(e).__name__})",
                                  path=path) from None
         status = response.status_code
         log.debug("GET %s %s -> %s (%.0f ms, %d bytes)", path, _query_text(params), status,
                   (time.monotonic() - started) * 1000, len(body))
-        self.pacer.observe(response.headers)
+        self.pacer.observe(response.headers, now=self.clock.now())
         if 200 <= status < 300:
             try:
                 return json.loads(body), response
@@ -221,6 +302,27 @@ class RuntypeClient:
                                      f"({response.headers.get('content-type', 'no type')})",
                                      path=path, status=status) from None
         raise self._status_error(path, response, body)
+
+    def _read_clock(self, response: httpx.Response, sent: float) -> None:
+        """Learn the server's clock from an answer's Date, read as its headers arrive."""
+        if self.clock.observe(response.headers.get("date"), sent=sent) is None:
+            with self._lock:
+                self.undated_answers += 1
+            self._say_once("undated", "the server's answers carry no Date header: the local "
+                           "clock dates the watermark and reads rate-limit reset times")
+            return
+        skew = self.clock.offset
+        if skew is not None and abs(skew) > SKEW_TO_REPORT:
+            # a Date is cut to the second: the true offset is at most a second above
+            self._say_once("skew", "the server's clock is %+ds from ours (its Date header); "
+                           "rate-limit waits are read on the server's clock", math.ceil(skew))
+
+    def _say_once(self, what: str, message: str, *args: object) -> None:
+        with self._lock:
+            if what in self._said:
+                return
+            self._said.add(what)
+        log.warning(message, *args)
 
     def _status_error(self, path: str, response: httpx.Response, body: bytes) -> ApiError:
         status = response.status_code
@@ -235,7 +337,7 @@ class RuntypeClient:
         if status == 400:
             return BadRequestError(text, path=path, status=status)
         if status == 429 or status == 408 or status >= 500:
-            wait = retry.retry_after(response.headers)
+            wait = retry.retry_after(response.headers, now=self.clock.now())
             if status == 429:
                 self.counters.add("throttled")
                 self.pacer.pause(wait if wait is not None else 1.0)

@@ -4,12 +4,16 @@
     ├── ConfigError              bad configuration or usage            -> exit 2
     ├── StoreError               the database is missing, foreign or unusable -> exit 2
     ├── LockedError              another process writes the mirror      -> exit 4
+    ├── Interrupted              a stop request ended a request in flight: the run is
+    │                            "interrupted", nothing failed
     └── ApiError                 the API answered something we cannot use
         ├── AuthError            401/403: the key is refused            -> exit 3, stop the run
         ├── NotFoundError        404: the resource is gone (a deleted conversation)
         ├── BadRequestError      400: e.g. a saved cursor the server rejects
         ├── RetryableError       429, 5xx, timeouts, dropped connections, bodies that are not JSON
         │   └── RetriesExhausted the retry budget is spent; the run ends with exit 1
+        ├── UnreachableError     refused, unknown host or certificate before the server ever
+        │                        answered: not retried; the run ends with exit 1
         └── ProtocolError        an answer that breaks the contract in a way retrying cannot fix
                                  (a redirect, a body over the size limit, a cursor that repeats)
 """
@@ -29,6 +33,10 @@ class StoreError(SyncerError):
 
 class LockedError(SyncerError):
     exit_code = 4
+
+
+class Interrupted(SyncerError):
+    pass
 
 
 class ApiError(SyncerError):
@@ -58,6 +66,10 @@ class RetryableError(ApiError):
 
 
 class RetriesExhausted(RetryableError):
+    pass
+
+
+class UnreachableError(ApiError):
     pass
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from .api import RuntypeClient
 from .binding import canonical_url
 from .config import Settings, delete_limit
-from .errors import ApiError, AuthError, NotFoundError, SyncerError
+from .errors import ApiError, AuthError, Interrupted, NotFoundError, SyncerError
 from .messages import MessageReader
 from .pagination import Walker
 from .store import Fetched, Store, now_utc
@@ -143,6 +143,8 @@ class Sync:
                 self.store.optimize_fts()
         except AuthError as e:
             summary.outcome, summary.error = "auth_failed", str(e)
+        except Interrupted:
+            summary.outcome = "interrupted"
         except SyncerError as e:
             summary.outcome, summary.error = "failed", str(e)
         except sqlite3.Error as e:

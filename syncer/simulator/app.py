@@ -281,8 +281,9 @@ def _auth_error(behaviour: Behaviour, headers: dict) -> HTTPError | None:
     return None
 
 
-def _rate(behaviour: Behaviour, consume: bool) -> tuple[bool, dict, int]:
-    """(allowed, rate-limit headers, seconds until a slot frees). Sliding window."""
+def _rate(behaviour: Behaviour, consume: bool, clock: float) -> tuple[bool, dict, int]:
+    """(allowed, rate-limit headers, seconds until a slot frees). Sliding window. `clock` is
+    the server's Unix time, for a reset given as an epoch (`Behaviour.rate_reset`)."""
     now, window = time.monotonic(), behaviour._window
     while window and window[0] <= now - behaviour.rate_window:
         window.popleft()
@@ -292,6 +293,9 @@ def _rate(behaviour: Behaviour, consume: bool) -> tuple[bool, dict, int]:
         window.append(now)
     wait = math.ceil(window[0] + behaviour.rate_window - now) if window else 0
     reset = wait if window else math.ceil(behaviour.rate_window)
+    if behaviour.rate_reset == "epoch":
+        until = (window[0] + behaviour.rate_window - now) if window else behaviour.rate_window
+        reset = math.ceil(clock + until)
     headers = {"X-RateLimit-Limit": str(limit),
                "X-RateLimit-Remaining": str(max(0, limit - len(window))),
                "X-RateLimit-Reset": str(max(0, reset))}
@@ -329,9 +333,11 @@ def handle(upstream: Upstream, behaviour: Behaviour, method: str, path: str, que
         time.sleep(behaviour.latency_ms / 1000)
     headers = {k.lower(): v for k, v in headers.items()}
     with upstream.lock:
-        base = {"Date": format_datetime(upstream.now(), usegmt=True)}
+        server_now = upstream.now()
+        base = {"Date": format_datetime(server_now, usegmt=True)} if behaviour.date_header else {}
         denied = _auth_error(behaviour, headers)
-        allowed, limits, wait = _rate(behaviour, consume=denied is None)
+        allowed, limits, wait = _rate(behaviour, consume=denied is None,
+                                      clock=server_now.timestamp())
         base.update(limits)
         if denied is not None:
             return _error(denied, base)

@@ -13,6 +13,7 @@ from typing import Callable
 LIST_ORDERS = ("updated_desc", "created_desc", "last_message_desc", "id_asc", "shuffled")
 TIMESTAMP_STYLES = ("z", "fraction", "offset", "mixed")
 MESSAGE_PAGINGS = ("none", "offset")
+RATE_RESETS = ("delay", "epoch")
 FAULT_KINDS = (
     "500", "503", "429", "429_no_retry_after", "timeout", "drop", "invalid_json", "html_200",
 )
@@ -33,7 +34,9 @@ class Behaviour:
     fault_timeout_s: float = 5.0
     rate_limit: int | None = None
     rate_window: float = 10.0
+    rate_reset: str = "delay"        # X-RateLimit-Reset as seconds ("delay") or a Unix time
     retry_after_header: bool = True
+    date_header: bool = True         # False: answers without a Date header
     api_key: str = "rt_test_simulator"
     forbidden: bool = False
     on_request: Callable[[str, str, dict], None] | None = None
