@@ -64,6 +64,7 @@ class ListPage:
     has_more: bool
     total_count: int | None
     server_time: datetime
+    dated: bool = True            # server_time is the server's Date, not our clock
 
 
 def conversation_path(cid: str) -> str:
@@ -194,6 +195,7 @@ class RuntypeClient:
             has_more=bool(next_cursor) if has_more is None else bool(has_more),
             total_count=pagination.get("totalCount"),
             server_time=_server_time(response, self.clock),
+            dated=bool(response.headers.get("date")),
         )
 
     def get_conversation(self, cid: str) -> dict:

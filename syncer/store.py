@@ -491,9 +491,10 @@ class Store:
         return self._one("SELECT max(watermark) FROM _sync_runs WHERE scope = ?", (scope,))[0]
 
     def last_full_walk(self, scope: str | None) -> str | None:
-        """When the last run of this scope that walked the whole list and ended ok began."""
+        """When (by our clock) the last run of this scope that walked the whole list, and so
+        concluded deletions, began; only runs that ended ok count."""
         return self._one(
-            "SELECT max(walk_started_at) FROM _sync_runs WHERE mode = 'full' "
+            "SELECT max(started_at) FROM _sync_runs WHERE early_stop = 0 "
             "AND outcome = 'ok' AND scope = ?", (scope,))[0]
 
     def gaps(self) -> list[tuple[str, int, int]]:

@@ -250,7 +250,7 @@ class Sync:
         total: int | None = None
         for step in walker.pages(None):
             if walk.started is None:
-                walk.started = format_instant(step.page.server_time)
+                walk.started = self._walk_start(step.page)
             announced = step.page.total_count
             if isinstance(announced, int):
                 if total is not None and announced < total:
@@ -276,6 +276,24 @@ class Sync:
                 walk.complete = False
                 return pending
         return pending
+
+    @staticmethod
+    def _walk_start(page) -> str:
+        """The server time a walk began. A server that sends no `Date` leaves only our clock,
+        which may run ahead of the one that stamps updatedAt (then changes made just after the
+        walk began would fall below the watermark): no later than the newest updatedAt listed
+        first, so the lookback is never spent on a skew."""
+        start = page.server_time
+        if not page.dated:
+            stamps = []
+            for record in page.records:
+                try:
+                    stamps.append(parse_instant(record["updatedAt"]))
+                except (BadRecord, KeyError, TypeError):
+                    continue
+            if stamps:
+                start = min(start, max(stamps))
+        return format_instant(start)
 
     def _take_page(self, run_id: int, step) -> tuple[list[tuple[str, bool]], list[dict]]:
         """Validate a page and queue its dirty conversations, in one transaction when anything

@@ -199,3 +199,20 @@ def test_a_record_sqlite_cannot_store_is_rejected_alone(tmp_path):
                             (poison,)).fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM _rejects WHERE record_id = ?",
                             (poison,)).fetchone() == (1,)
+
+
+def test_a_server_without_a_date_header_and_a_slow_clock_loses_nothing(tmp_path):
+    upstream = generate(seed=14, conversations=150, messages_per_conversation=2,
+                        big_conversations=0, message_bumps_updated=True)
+    behaviour = Behaviour(message_bumps_updated=True, date_header=False)
+    upstream.behaviour = behaviour
+    upstream.clock_skew = -timedelta(hours=1)         # its stamps run an hour behind ours
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        settings = settings_for(server, db, page_size=20)
+        assert run_sync(settings).exit_code == 0
+        changed = oldest_first(upstream)[0]
+        upstream.update_conversation(changed, subject="changed after the first run")
+        again = run_sync(settings)
+        assert again.exit_code == 0 and again.early_stop
+        assert_as_of(db, upstream.snapshot(), whole_walk=False)
