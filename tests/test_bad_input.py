@@ -189,6 +189,22 @@ def test_scrubber_redacts_the_key_as_sent_even_if_given_with_a_line_ending():
     assert record.getMessage() == "echo ***!"
 
 
+def test_a_key_from_the_config_file_is_scrubbed_too(capsys):
+    import logging
+
+    from syncer.logs import redact, setup_logging
+    root = logging.getLogger("syncer")
+    handlers, level, propagate = root.handlers[:], root.level, root.propagate
+    try:
+        setup_logging(secret=None)
+        redact("rt_live_from_the_file_123")
+        logging.getLogger("syncer.api").warning("echo %s", "rt_live_from_the_file_123")
+    finally:
+        root.handlers[:], root.propagate = handlers, propagate
+        root.setLevel(level)
+    assert capsys.readouterr().err.endswith(" WARNING echo ***\n")
+
+
 @pytest.mark.parametrize("args, needle", [
     (["daemon", "--interval", "99999999999999999d"], "--interval: "),
     (["daemon", "--interval", "inf"], "--interval: "),

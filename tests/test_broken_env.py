@@ -194,6 +194,8 @@ def test_damaged_database_stops_writers_before_any_request(served, mirror, args)
 @pytest.mark.parametrize("args", [["stats"], ["export", "messages", "-o", "OUT"],
                                   ["export", "messages", "--format", "parquet", "-o", "OUT"]])
 def test_damaged_database_ends_reads_with_recovery_steps(mirror, tmp_path, args):
+    """Read commands do not check the whole file first; these read every message, so they
+    meet the damaged page, and say what to do instead of printing a traceback."""
     damage(mirror)
     out = tmp_path / "earlier.out"
     out.write_text("earlier export\n")
