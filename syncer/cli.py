@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ import click
 
 from . import __version__, config
 from .errors import ConfigError, SyncerError
-from .logs import setup_logging
+from .logs import redact, setup_logging
 
 log = logging.getLogger("syncer")
 
@@ -28,26 +29,54 @@ class App:
     config_path: str | None
     db_path: str | None
     log_format: str = "text"
+    database: str | None = None      # the database the command uses, for errors about it
 
     def settings(self, **overrides) -> config.Settings:
-        return config.load(self.config_path, db_path=self.db_path, **overrides)
+        settings = config.load(self.config_path, db_path=self.db_path, **overrides)
+        redact(settings.api_key)     # a key from the file is scrubbed from the logs too
+        self.database = settings.db_path
+        return settings
 
 
 pass_app = click.make_pass_decorator(App)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every `finally` runs (an export removes its partial
+    file). sync and daemon install their own handlers, which stop gracefully instead."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
 
 
 class SyncerGroup(click.Group):
     """Turns syncer's errors into one line on stderr and the documented exit code."""
 
     def invoke(self, ctx: click.Context):
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
         try:
             return super().invoke(ctx)
         except SyncerError as e:
-            if getattr(ctx.obj, "log_format", "text") == "json":
-                log.error("%s", e)          # one JSON line, like every other log line
-            else:
-                click.echo(f"error: {e}", err=True)
-            ctx.exit(e.exit_code)
+            self._fail(ctx, str(e), e.exit_code)
+        except sqlite3.Error as e:     # a query on a damaged or vanished database, a full disk
+            from .store import Store
+            error = Store.error_for(getattr(ctx.obj, "database", None) or "the database", e)
+            self._fail(ctx, str(error), error.exit_code)
+        except Terminated:
+            self._fail(ctx, "stopped by SIGTERM", 1)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+    @staticmethod
+    def _fail(ctx: click.Context, message: str, exit_code: int):
+        if getattr(ctx.obj, "log_format", "text") == "json":
+            log.error("%s", message)    # one JSON line, like every other log line
+        else:
+            click.echo(f"error: {message}", err=True)
+        ctx.exit(exit_code)
 
 
 @click.group(cls=SyncerGroup)

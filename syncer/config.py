@@ -1,16 +1,23 @@
 """Settings: defaults < config file < environment < command-line flags, frozen once built.
 
 Every key has its default in DEFAULTS below; config.example.toml documents the same keys
-(a test checks that the two agree). A ConfigError names the key and the file.
+(a test checks that the two agree). A ConfigError names the key and where its value came
+from: the flag, the environment variable or the file.
+
+Durations written on the command line or as strings need a unit ("15" could mean seconds or
+minutes); a bare TOML number in the file is seconds. Every duration and timeout is finite and at
+most MAX_SECONDS, so no value can overflow a timedelta or a socket timeout halfway through a run.
 """
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import re
 import stat
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,21 +60,23 @@ DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
     },
 }
 
+MAX_SECONDS = 100 * 365 * 86400.0   # 100 years: anything longer is a typo
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
 def parse_duration(text: str | int | float) -> float:
-    """'90s', '5m', '1h30m', '2d' or a number of seconds -> seconds. ValueError if unparsable."""
+    """'90s', '5m', '1h30m', '2d' -> seconds; a number (a TOML value) is seconds.
+
+    ValueError for anything else: a string without a unit, a negative, infinite or NaN value,
+    or more than MAX_SECONDS."""
     if isinstance(text, bool):
         raise ValueError(f"not a duration: {text!r}")
     if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError(f"negative duration: {text!r}")
-        return float(text)
+        return _bounded(_as_float(text), text)
     s = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
+        raise ValueError(f"{text!r} has no unit; did you mean {s}s or {s}m?")
     pos, total = 0, 0.0
     for m in _DURATION.finditer(s):
         if m.start() != pos:
@@ -76,7 +85,24 @@ def parse_duration(text: str | int | float) -> float:
         pos = m.end()
     if pos != len(s) or not s:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h, 2d)")
-    return total
+    return _bounded(total, text)
+
+
+def _as_float(number: int | float) -> float:
+    try:
+        return float(number)
+    except OverflowError:       # an integer beyond any float
+        return math.inf
+
+
+def _bounded(seconds: float, given: object) -> float:
+    if math.isnan(seconds):
+        raise ValueError(f"not a duration: {given!r}")
+    if seconds < 0:
+        raise ValueError(f"negative duration: {given!r}")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{given!r} is longer than 100 years")
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -100,10 +126,16 @@ class Settings:
     schedule_cron: str | None = None
     schedule_jitter: float = 10.0
     config_file: str | None = None
+    key_source: str = API_KEY_ENV    # where api_key came from, for errors about it
 
     def require_key(self) -> str:
+        """The key, checked: one that cannot be an HTTP header value is refused here, before
+        any request (and without ever printing it)."""
         if not self.api_key:
             raise ConfigError(f"no API key: set {API_KEY_ENV} (or [api].key in the config file)")
+        if not all("!" <= c <= "~" for c in self.api_key):
+            raise ConfigError(f"{self.key_source} contains characters that cannot be sent in "
+                              "an HTTP header (only visible ASCII); check the key")
         return self.api_key
 
 
@@ -128,6 +160,8 @@ def _coerce(section: str, key: str, value: object, kind: str, source: str) -> ob
     if kind in ("str", "secret"):
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {type(value).__name__}")
+        if "\0" in value:
+            raise ConfigError(f"{where}: contains a NUL character")
         return value
     if kind == "bool":
         if not isinstance(value, bool):
@@ -138,9 +172,11 @@ def _coerce(section: str, key: str, value: object, kind: str, source: str) -> ob
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if kind == "seconds":
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{where}: expected a positive number of seconds, got {value!r}")
-        return float(value)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0 < _as_float(value) <= MAX_SECONDS:  # type: ignore[arg-type]
+            raise ConfigError(f"{where}: expected a positive number of seconds (at most 100 "
+                              f"years), got {value!r}")
+        return _as_float(value)  # type: ignore[arg-type]
     if kind == "duration":
         try:
             return parse_duration(value)  # type: ignore[arg-type]
@@ -165,6 +201,12 @@ def read_file(path: Path) -> dict[str, dict[str, object]]:
         raise ConfigError(f"config file not found: {source}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {source} is not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {source} is not UTF-8 text (byte {e.object[e.start]:#x} "
+                          f"at offset {e.start}); save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError(f"config file {source} is not valid TOML: arrays or tables nested "
+                          "too deeply") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {source}: {e.strerror}") from None
     out: dict[str, dict[str, object]] = {}
@@ -198,21 +240,42 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_base_url(url: str, allow_insecure: bool, source: str) -> str:
-    parts = urlsplit(url)
+    """The base URL, checked; `source` names where it came from in any error."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{source}: {url!r} contains spaces or control characters")
+    try:
+        parts = urlsplit(url)
+        parts.port                              # ValueError unless a number in 0..65535
+        (parts.hostname or "").encode("idna")   # UnicodeError for an empty or too long label
+    except (ValueError, UnicodeError) as e:
+        raise ConfigError(f"{source}: {url!r} is not a valid URL ({e})") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"[api].base_url in {source}: not an http(s) URL: {url!r}")
+        raise ConfigError(f"{source}: not an http(s) URL: {url!r}")
     if parts.scheme == "http" and not _is_loopback(parts.hostname):
         if not allow_insecure:
             raise ConfigError(
-                f"[api].base_url in {source}: plain http to {parts.hostname} would send the key "
-                "unencrypted; use https (or set [api].allow_insecure_http = true)")
+                f"{source}: plain http to {parts.hostname} would send the key unencrypted; use "
+                "https (or pass --allow-insecure-http, or set [api].allow_insecure_http = true)")
         log.warning("INSECURE: sending the API key over plain http to %s", parts.hostname)
     return url.rstrip("/")
 
 
+def _stripped(env: Mapping[str, object], name: str, label: str | None = None) -> str | None:
+    """A value without surrounding whitespace (an env file saved with CRLF line ends gives
+    every value a trailing \\r); None when unset or blank."""
+    raw = env.get(name)
+    if not isinstance(raw, str):
+        return None
+    value = raw.strip()
+    if value and value != raw:
+        log.warning("%s has whitespace around it (an env file with CRLF line ends?); "
+                    "it was stripped", label or name)
+    return value or None
+
+
 def load(config_path: str | None = None, *, db_path: str | None = None,
          base_url: str | None = None, allow_insecure_http: bool | None = None,
-         env: dict[str, str] | None = None) -> Settings:
+         env: Mapping[str, str] | None = None) -> Settings:
     """Build Settings. Flags (db_path, base_url) > environment > file > defaults."""
     env = os.environ if env is None else env
     path = Path(config_path) if config_path else Path(DEFAULT_CONFIG_FILE)
@@ -238,18 +301,26 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
     max_delete = check_max_delete(str(get("sync", "max_delete")), f"[sync].max_delete in {source}")
     allow_insecure = (allow_insecure_http if allow_insecure_http is not None
                       else bool(get("api", "allow_insecure_http")))
-    url = base_url or env.get("RUNTYPE_BASE_URL") or get("api", "base_url")
-    url = check_base_url(str(url), allow_insecure, "--base-url" if base_url else source)
+    env_url = _stripped(env, "RUNTYPE_BASE_URL")
+    url_source = ("--base-url" if base_url else "RUNTYPE_BASE_URL" if env_url
+                  else f"[api].base_url in {source}" if "base_url" in file_values.get("api", {})
+                  else "the default [api].base_url")
+    url = check_base_url(str(base_url or env_url or get("api", "base_url")), allow_insecure,
+                         url_source)
+    env_key = _stripped(env, API_KEY_ENV)
+    file_key = _stripped(file_values.get("api", {}), "key", f"[api].key in {source}")
     return Settings(
         base_url=url,
-        api_key=env.get(API_KEY_ENV) or get("api", "key"),  # type: ignore[arg-type]
+        api_key=env_key or file_key,
+        key_source=f"[api].key in {source}" if file_key and not env_key else API_KEY_ENV,
         timeout=get("api", "timeout"),  # type: ignore[arg-type]
         concurrency=concurrency,  # type: ignore[arg-type]
         page_size=page_size,  # type: ignore[arg-type]
         max_retries=get("api", "max_retries"),  # type: ignore[arg-type]
         max_response_bytes=get("api", "max_response_mb") * 1024 * 1024,  # type: ignore[operator]
         allow_insecure_http=allow_insecure,
-        db_path=db_path or env.get("SYNCER_DB") or get("store", "path"),  # type: ignore[arg-type]
+        db_path=(db_path or _stripped(env, "SYNCER_DB")
+                 or get("store", "path")),  # type: ignore[arg-type]
         status=sync_status,  # type: ignore[arg-type]
         surface_ids=tuple(get("sync", "surface_ids")),  # type: ignore[arg-type]
         lookback=_as_seconds(get("sync", "lookback")),

@@ -39,8 +39,9 @@ class ExportError(SyncerError):
 @contextlib.contextmanager
 def private_output(path: str) -> Iterator[BinaryIO]:
     """Stdout for "-"; otherwise a file readable by its owner only (exports hold personal
-    data), written beside its final name and moved there only when complete, so a failed export
-    leaves no partial file and never clobbers an earlier one."""
+    data), written beside its final name and moved there only when complete, so a failed or
+    interrupted export (a full disk, SIGTERM) leaves no partial file and never clobbers an
+    earlier one. A failed write is an ExportError naming the file and the cause."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.flush()
@@ -55,6 +56,11 @@ def private_output(path: str) -> Iterator[BinaryIO]:
         with os.fdopen(fd, "wb") as out:
             yield out
         os.replace(partial, target)
+    except OSError as e:
+        partial.unlink(missing_ok=True)
+        kept = " (the earlier file is kept)" if target.exists() else ""
+        raise ExportError(f"cannot write {path}: {e.strerror or e}; nothing was "
+                          f"written{kept}") from None
     except BaseException:
         partial.unlink(missing_ok=True)
         raise

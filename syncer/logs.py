@@ -12,16 +12,37 @@ from datetime import datetime, timezone
 
 
 class RedactSecret(logging.Filter):
-    def __init__(self, secret: str | None):
+    """Replaces each secret with *** in every record. A secret is scrubbed as it is sent
+    (without surrounding whitespace); anything shorter than MIN_LENGTH is not a key, and
+    scrubbing it would mangle ordinary text (a key of one space once replaced every space)."""
+    MIN_LENGTH = 8
+
+    def __init__(self, secret: str | None = None):
         super().__init__()
-        self.secret = secret
+        self.secrets: set[str] = set()
+        self.add(secret)
+
+    def add(self, secret: str | None) -> None:
+        secret = (secret or "").strip()
+        if len(secret) >= self.MIN_LENGTH:
+            self.secrets.add(secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret:
-            message = record.getMessage()
-            if self.secret in message:
-                record.msg, record.args = message.replace(self.secret, "***"), None
+        if self.secrets:
+            message = original = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            if message != original:
+                record.msg, record.args = message, None
         return True
+
+
+def redact(secret: str | None) -> None:
+    """Scrub `secret` too (a key read from the config file) from syncer's log output."""
+    for handler in logging.getLogger("syncer").handlers:
+        for f in handler.filters:
+            if isinstance(f, RedactSecret):
+                f.add(secret)
 
 
 class JsonFormatter(logging.Formatter):

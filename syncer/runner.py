@@ -52,7 +52,8 @@ def run_verify(settings: Settings, *, fix: bool = False):
     from .verify import queue_differences, verify
     settings.require_key()
     with lock.writing(settings.db_path) if fix else contextlib.nullcontext():
-        store = Store.open(settings.db_path) if fix else Store.open_readonly(settings.db_path)
+        store = (Store.open(settings.db_path) if fix
+                 else Store.open_readonly(settings.db_path, check=True))
         try:
             binding.check(store, settings)
             with RuntypeClient(settings) as client:

@@ -39,6 +39,7 @@ _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 def parse_interval(text: str) -> float:
+    """--interval's value: a duration with a unit (a bare 15 is refused, not guessed)."""
     try:
         return parse_duration(text)
     except ValueError as e:

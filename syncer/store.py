@@ -20,7 +20,7 @@ from pathlib import Path
 import sqlite_utils
 
 from . import migrations
-from .errors import StoreError
+from .errors import LockedError, StoreError
 from .transform import CONVERSATION_FIELDS, DETAIL_FIELDS, MESSAGE_FIELDS, format_instant
 
 CONVERSATION_FTS = ("subject", "participantName", "participantEmail")
@@ -79,46 +79,145 @@ class Store:
     # -- opening -----------------------------------------------------------------------------
     @classmethod
     def open(cls, path: str) -> "Store":
-        """Open (creating if needed) a mirror for writing, migrated to the latest schema."""
+        """Open (creating if needed) a mirror for writing, migrated to the latest schema.
+
+        Before anything is written: StoreError (exit 2) if the file is not a database, is
+        damaged (PRAGMA quick_check) or cannot be written, so a run never talks to the API
+        only to fail at its first commit."""
         p = Path(path)
         if p.is_dir():
             raise StoreError(f"database path {path} is a directory")
         if not p.parent.exists():
             raise StoreError(f"directory of database {path} does not exist")
         if not p.exists():
-            # personal data: owner-only from the first byte
-            os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+            try:
+                # personal data: owner-only from the first byte
+                os.close(os.open(p, os.O_CREAT | os.O_WRONLY, 0o600))
+            except OSError as e:
+                raise StoreError(cls._cannot_write(path, e.strerror)) from None
+        conn = None
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
+            cls._check_intact(conn, path)
+            cls._check_writable(conn)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=OFF")
             migrations.migrate(conn)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"cannot open database {path}: {e}") from None
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise cls.error_for(path, e) from None
+        except StoreError:
+            conn.close()  # type: ignore[union-attr]
+            raise
         return cls(sqlite_utils.Database(conn), path)
 
     @classmethod
-    def open_readonly(cls, path: str) -> "Store":
-        """Open an existing mirror for reading only; never creates or changes the file."""
+    def open_readonly(cls, path: str, *, check: bool = False) -> "Store":
+        """Open an existing mirror for reading only; never creates or changes the file.
+
+        A database in a directory this process cannot write (a read-only mount) and with no
+        write-ahead log beside it (no writer is active: a clean close removes the log) is opened
+        as immutable, which needs no `-shm` file. `check` runs PRAGMA quick_check first (verify
+        does; the read commands learn of damage from the query that meets it)."""
         p = Path(path)
         if not p.is_file():
             raise StoreError(f"no database at {path}: run `syncer sync` first (or pass --db)")
+        uri = p.resolve().as_uri()
+        conn = None
         try:
-            conn = sqlite3.connect(f"{p.resolve().as_uri()}?mode=ro", uri=True,
-                                   isolation_level=None, check_same_thread=False, timeout=30)
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            try:
+                conn = sqlite3.connect(f"{uri}?mode=ro", uri=True, isolation_level=None,
+                                       check_same_thread=False, timeout=30)
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+            except sqlite3.OperationalError as e:
+                if not cls._can_be_immutable(p, e):
+                    raise
+                if conn is not None:
+                    conn.close()
+                conn = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True,
+                                       isolation_level=None, check_same_thread=False)
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        except sqlite3.DatabaseError as e:
-            raise StoreError(f"{path} is not a SQLite database ({e})") from None
+            if check:
+                cls._check_intact(conn, path)
+        except sqlite3.Error as e:
+            if conn is not None:
+                conn.close()
+            raise cls.error_for(path, e) from None
+        except StoreError:
+            conn.close()  # type: ignore[union-attr]
+            raise
         if app_id != migrations.APPLICATION_ID or version < 1:
+            conn.close()
             raise StoreError(f"{path} was not made by syncer")
         if version > migrations.LATEST:
+            conn.close()
             raise StoreError(f"{path} has schema version {version}, newer than this syncer")
         if version < migrations.LATEST:
+            conn.close()
             raise StoreError(f"{path} has an older schema; run `syncer sync` once to upgrade it")
         return cls(sqlite_utils.Database(conn), path)
+
+    _RECOVERY = "restore it from a backup, or move it aside and run `syncer sync` to rebuild it"
+
+    @classmethod
+    def error_for(cls, path: str, e: sqlite3.Error) -> StoreError | LockedError:
+        """The one-line error, saying what to do, for an SQLite error on the database `path`."""
+        code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
+        if code == sqlite3.SQLITE_CORRUPT:
+            return StoreError(cls._damaged(path, str(e)))
+        if code == sqlite3.SQLITE_NOTADB:
+            return StoreError(f"{path} is not a SQLite database ({e}): check --db; if it is "
+                              f"the mirror, it is damaged: {cls._RECOVERY}")
+        if code == sqlite3.SQLITE_READONLY:
+            return StoreError(cls._cannot_write(path, str(e)))
+        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM):
+            return StoreError(f"cannot open the database {path}: {e}; check the permissions "
+                              "of the file and its directory")
+        if code == sqlite3.SQLITE_FULL:
+            return StoreError(f"cannot write the database {path}: the disk is full; free some "
+                              "space (what was committed before is intact)")
+        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return LockedError(f"the database {path} stayed locked by another process ({e}); "
+                               "try again")
+        return StoreError(f"cannot use the database {path}: {e}")
+
+    @classmethod
+    def _damaged(cls, path: str, detail: str) -> str:
+        detail = " ".join(detail.replace("*** in database main ***", "").split())
+        return f"the database {path} is damaged ({detail[:160]}): {cls._RECOVERY}"
+
+    @staticmethod
+    def _cannot_write(path: str, reason: str) -> str:
+        return (f"cannot write the database {path}: {reason}; check permissions (the file and "
+                "its directory must be writable) and that its disk is not mounted read-only")
+
+    @classmethod
+    def _check_intact(cls, conn: sqlite3.Connection, path: str) -> None:
+        """StoreError if SQLite's quick_check finds damage (it reads every page once)."""
+        first = conn.execute("PRAGMA quick_check(1)").fetchone()
+        if first is not None and first[0] != "ok":
+            raise StoreError(cls._damaged(path, first[0]))
+
+    @staticmethod
+    def _check_writable(conn: sqlite3.Connection) -> None:
+        """Raises SQLite's own error if the file cannot be written: SQLite opens an unwritable
+        file read-only without a word, so a write is tried, and rolled back."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+        finally:
+            conn.execute("ROLLBACK")
+
+    @staticmethod
+    def _can_be_immutable(p: Path, e: sqlite3.OperationalError) -> bool:
+        return (e.sqlite_errorcode & 0xFF in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY)
+                and not os.access(p.parent, os.W_OK)
+                and not p.with_name(p.name + "-wal").exists())
 
     def close(self) -> None:
         self.conn.close()
