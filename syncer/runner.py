@@ -47,9 +47,10 @@ def describe(summary: Summary) -> str:
     return line
 
 
-def run_verify(settings: Settings, *, fix: bool = False):
-    """Audit the mirror against the list; with `fix`, queue the differences."""
-    from .verify import queue_differences, verify
+def run_verify(settings: Settings, *, fix: bool = False, deep: bool = False):
+    """Audit the mirror against the API (with `deep`, every message too); with `fix`, mend
+    what only verify can and queue the rest for the next sync. Read-only without `fix`."""
+    from .verify import fix_differences, verify
     settings.require_key()
     with lock.writing(settings.db_path) if fix else contextlib.nullcontext():
         store = (Store.open(settings.db_path) if fix
@@ -57,9 +58,9 @@ def run_verify(settings: Settings, *, fix: bool = False):
         try:
             binding.check(store, settings)
             with RuntypeClient(settings) as client:
-                report = verify(settings, store, client)
+                report = verify(settings, store, client, deep=deep, writable=fix)
             if fix:
-                queue_differences(store, report)
+                fix_differences(store, report)
             return report
         finally:
             store.close()
