@@ -333,9 +333,14 @@ class Store:
             newest = self._one(
                 "SELECT id FROM messages WHERE conversationId = ? "
                 "ORDER BY createdAt DESC, id DESC LIMIT 1", (cid,))
-            complete = self._one("SELECT _messages_complete FROM conversations WHERE id = ?",
-                                 (cid,))
-        return held, newest[0] if newest else None, bool(complete and complete[0])
+            recorded = self._one("SELECT _messages_complete, _messages_held FROM conversations "
+                                 "WHERE id = ?", (cid,))
+        complete = bool(recorded and recorded[0])
+        if recorded is not None and recorded[1] != held:
+            # rows changed behind the sync's back (verify --fix repairs so): the held set
+            # proves nothing, so the reader reads all the server serves
+            return held, None, complete
+        return held, newest[0] if newest else None, complete
 
     def held_times(self, cid: str) -> dict[str, str]:
         """The messages the mirror holds of a conversation: {id: createdAt}."""

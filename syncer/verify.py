@@ -265,8 +265,8 @@ def _read_served(reader: MessageReader, cid: str, count: int) -> tuple[list[dict
     """All the messages the server serves of a conversation, read as the sync reads them, and
     whether they are its whole set (then a held message not among them is not upstream)."""
     rejects: list = []
-    messages, complete, _ = reader.read(cid, count, (0, None, False), rejects)
-    return messages, complete
+    read = reader.read(cid, count, (0, None, False), rejects)
+    return read.messages, read.complete
 
 
 def _compare_messages(settings: Settings, store: Store, client: RuntypeClient,
@@ -274,7 +274,7 @@ def _compare_messages(settings: Settings, store: Store, client: RuntypeClient,
     """Read every conversation's messages from the server, concurrently, and compare them with
     the held ones here, in the calling thread (the fetch threads only talk HTTP)."""
     # nothing held is passed to the reader, so it reads everything and never asks the mirror
-    reader = MessageReader(client, held_among=lambda ids: set())
+    reader = MessageReader(client, held_among=lambda ids: set(), held_times=lambda cid: {})
     log.info("reading the messages of %d conversations to compare", len(conversations))
     pending: dict[Future, str] = {}
 

@@ -375,10 +375,6 @@ def test_messages_deleted_from_or_added_to_a_recorded_gap_are_reported(gapped):
         [(big[0], 1, [])]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "engine: store.message_state must not offer the newest held message to the reader when "
-    "the messages held are not the number the last sync recorded; the reader's gap shortcut "
-    "then keeps the gap and never reads the deleted message again"))
 def test_a_message_deleted_from_a_recorded_gap_is_read_again_after_fix(gapped):
     upstream, server, db = gapped
     big = by_count(upstream, 201, 999)["id"]
