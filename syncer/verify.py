@@ -49,7 +49,7 @@ def verify(settings: Settings, store: Store, client: RuntypeClient) -> Report:
     report = Report()
     stored = {r[0]: r for r in store.conn.execute(
         "SELECT id, _list_sig, _deleted_at, _messages_held, _messages_complete, status, "
-        "surfaceId FROM conversations")}
+        "surfaceId, _purged_at FROM conversations")}
     seen: set[str] = set()
     for surface in list(settings.surface_ids) or [None]:
         walker = Walker(client, limit=settings.page_size, status=settings.status,
@@ -70,7 +70,7 @@ def verify(settings: Settings, store: Store, client: RuntypeClient) -> Report:
                     continue
                 if mine[1] != list_signature(row):
                     report.stale.append(cid)
-                elif mine[3] != row["messageCount"]:
+                elif mine[7] is None and mine[3] != row["messageCount"]:  # purged: none held
                     entry = {"id": cid, "held": mine[3], "messageCount": row["messageCount"]}
                     (report.count_differs if mine[4] else report.known_gaps).append(entry)
     if report.complete_walk:
