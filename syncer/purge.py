@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 SCRUB_STATE = "purge_scrub"
 BATCH = 200
+CHECKPOINT_WAIT_MS = 5000    # readers (search, status, export) are waited for this long
 KEPT = ("id", "createdAt", "updatedAt", "lastMessageAt", "status")
 CLEARED = tuple(c for c in CONVERSATION_FIELDS + DETAIL_FIELDS if c not in KEPT)
 _LAST_ACTIVITY = ("max(coalesce(updatedAt, ''), coalesce(lastMessageAt, ''), "
@@ -185,39 +186,42 @@ def _secure_delete(conn: sqlite3.Connection) -> Iterator[None]:
         conn.execute(f"PRAGMA secure_delete = {int(before)}")
 
 
-def purge(store: Store, criteria: Criteria, *, scrub_after: bool = True, batch: int = BATCH,
-          now: datetime | None = None) -> Result:
+def purge(store: Store, criteria: Criteria, *, in_transaction: bool = False,
+          scrub_after: bool = True, batch: int = BATCH, now: datetime | None = None) -> Result:
     """Forget the conversations `criteria` selects; the caller holds the writer lock.
 
-    Outside a transaction: one transaction per `batch` conversations, then the scrub (unless
-    `scrub_after` is false). Inside the caller's transaction: everything in it, the scrub owed
-    (call `scrub(store)` after the commit)."""
+    By default one transaction per `batch` conversations (each taken through
+    `store.transaction()`, so a writer thread's transaction is never joined), then the scrub
+    unless `scrub_after` is false. With `in_transaction`, the calling thread is inside its own
+    transaction: everything is done in it and the scrub is left owed (call `scrub(store)` once
+    the writing is over)."""
     now = now or datetime.now(timezone.utc)
     conn = store.conn
     result = Result()
     if criteria.ids is not None and not criteria.ids:
         return result
-    with _secure_delete(conn):
-        if conn.in_transaction:
+    if in_transaction:
+        if not conn.in_transaction:
+            raise ValueError("purge(in_transaction=True) called outside a transaction")
+        with _secure_delete(conn):
             _purge_here(store, criteria, now, result)
-            return result
-        with store.transaction():
-            result.purge_id = _start_record(conn, criteria, now_utc())
+        return result
+    with store.transaction():
+        result.purge_id = _start_record(conn, criteria, now_utc())
         todo = _candidates(conn, criteria, now)
-        result.sample = [cid for cid, _ in todo[:10]]
-        tombstoned = {cid for cid, deleted in todo if deleted}
-        for i in range(0, len(todo), batch):
-            with store.transaction():
-                gone, messages = _forget(conn, [cid for cid, _ in todo[i:i + batch]],
-                                         now_utc())
-                _count(conn, result.purge_id, len(gone), messages)
-                if gone:
-                    store.set_state(SCRUB_STATE, "owed")
-            result.conversations += len(gone)
-            result.messages += messages
-            result.deleted += len(tombstoned.intersection(gone))
-        with store.transaction():
-            _finish_record(conn, result.purge_id)
+    result.sample = [cid for cid, _ in todo[:10]]
+    tombstoned = {cid for cid, deleted in todo if deleted}
+    for i in range(0, len(todo), batch):
+        with store.transaction(), _secure_delete(conn):
+            gone, messages = _forget(conn, [cid for cid, _ in todo[i:i + batch]], now_utc())
+            _count(conn, result.purge_id, len(gone), messages)
+            if gone:
+                store.set_state(SCRUB_STATE, "owed")
+        result.conversations += len(gone)
+        result.messages += messages
+        result.deleted += len(tombstoned.intersection(gone))
+    with store.transaction():
+        _finish_record(conn, result.purge_id)
     log.info("purged %d conversations and %d messages", result.conversations, result.messages)
     if scrub_after:
         result.scrubbed = scrub(store)
@@ -241,24 +245,30 @@ def _purge_here(store: Store, criteria: Criteria, now: datetime, result: Result)
 
 
 def purge_deleted(store: Store, ids: list[str] | None = None, older_than: float | None = None,
-                  *, scrub_after: bool = True) -> Result:
+                  *, in_transaction: bool = False, scrub_after: bool = True) -> Result:
     """Forget conversations tombstoned upstream: those among `ids` if given (e.g. the ones a run
-    just tombstoned), only those tombstoned more than `older_than` seconds ago if given.
+    just tombstoned; an empty list does nothing), only those tombstoned more than `older_than`
+    seconds ago if given.
 
-    For `[store].on_delete = "purge"`: call it inside the transaction that tombstones (the
-    conversations are then never tombstoned with their data still held) or right after it;
-    either way call `scrub(store)` once the run's writing is over (inside a transaction the
-    scrub is only recorded as owed)."""
+    For `[store].on_delete = "purge"`: call it inside the transaction that tombstones, with
+    `in_transaction=True` (the conversations are then never tombstoned with their data still
+    held), or right after it with `scrub_after=False`; either way call `scrub(store)` once the
+    run's writing is over (no other thread writing through the store)."""
     label = "on delete" if ids is not None else ""
     criteria = Criteria(deleted=True, older_than=older_than,
                         ids=tuple(ids) if ids is not None else None, label=label)
-    return purge(store, criteria, scrub_after=scrub_after)
+    return purge(store, criteria, in_transaction=in_transaction, scrub_after=scrub_after)
 
 
 def _checkpoint(conn: sqlite3.Connection) -> bool:
     """Copy the WAL into the database and truncate it to zero bytes. False if a reader kept it
-    from finishing (within the connection's busy timeout)."""
-    busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    from finishing for CHECKPOINT_WAIT_MS (a reader's snapshot needs the frames it reads)."""
+    before = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+    conn.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+    try:
+        busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(before)}")
     return busy == 0
 
 
@@ -268,9 +278,9 @@ def scrub_owed(store: Store) -> bool:
 
 def scrub(store: Store) -> bool:
     """Make owed forgetting physical: merge the FTS indexes, rebuild the file (VACUUM), empty
-    the WAL. Call outside any transaction, holding the writer lock. True when nothing is owed
-    any more; False when a reader kept the WAL from being emptied (still owed: the next purge
-    or scrub finishes it)."""
+    the WAL. Call holding the writer lock, with no transaction open on the store's connection
+    (no other thread writing through it). True when nothing is owed any more; False when a
+    reader kept the WAL from being emptied (still owed: the next purge or scrub finishes it)."""
     if not scrub_owed(store):
         return True
     conn = store.conn
@@ -280,8 +290,8 @@ def scrub(store: Store) -> bool:
                 conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('optimize')")
         conn.execute("VACUUM")
     if not _checkpoint(conn):
-        log.warning("another process is reading %s: its write-ahead log could not be emptied; "
-                    "purged text may remain in it until `syncer purge` is run again", store.path)
+        log.info("a reader kept the write-ahead log of %s from being emptied; the scrub stays "
+                 "owed", store.path)
         return False
     with store.transaction():
         store.set_state(SCRUB_STATE, None)

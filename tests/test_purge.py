@@ -187,6 +187,28 @@ def test_dry_run_says_what_would_go_and_changes_nothing(tombstoned):
     assert {p.name: p.read_bytes() for p in db.parent.iterdir()} == before
 
 
+def test_a_reader_holding_the_wal_makes_it_exit_1_and_a_rerun_finishes(tombstoned):
+    upstream, server, db, victim = tombstoned
+    reader = sqlite3.connect(db)
+    reader.execute("BEGIN")
+    assert reader.execute("SELECT count(*) FROM messages").fetchone()[0] > 0   # a snapshot
+    r = syncer(db, "purge", "--deleted")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert r.stdout.startswith("forgot 1 conversations")
+    assert r.stderr.splitlines() == [
+        "error: another process kept the write-ahead log from being emptied; purged text may "
+        "remain in it: run `syncer purge` again"]
+    reader.close()
+    r = syncer(db, "purge", "--deleted")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith("forgot 0 conversations")
+    assert traces(db) == []
+    assert dict_rows(db, "SELECT conversations, scrubbed_at IS NOT NULL AS scrubbed "
+                         "FROM _purges ORDER BY id") == [{"conversations": 1, "scrubbed": 1},
+                                                         {"conversations": 0, "scrubbed": 1}]
+    consistent(db)
+
+
 def test_older_than_keeps_recent_tombstones(tombstoned):
     upstream, server, db, victim = tombstoned
     r = syncer(db, "purge", "--deleted", "--older-than", "1h")
@@ -269,13 +291,14 @@ def test_purge_deleted_inside_the_tombstoning_transaction(tombstoned):
             with store.transaction():
                 store.conn.execute("UPDATE conversations SET _deleted_at = '2026-01-01T00:00:"
                                    "00.000000Z' WHERE id = ?", (other,))
-                result = purge_deleted(store, ids=[other])
+                result = purge_deleted(store, ids=[other], in_transaction=True)
             assert (result.conversations, result.deleted) == (1, 1)
             assert scrub_owed(store)
             assert scrub(store) and not scrub_owed(store)
             # the older tombstone was not among the ids: kept until asked
             assert store.conn.execute("SELECT _purged_at IS NULL FROM conversations "
                                       "WHERE id = ?", (victim,)).fetchone() == (1,)
+            assert purge_deleted(store, ids=[]).conversations == 0     # nothing, not recorded
             assert purge_deleted(store).conversations == 1
         finally:
             store.close()
