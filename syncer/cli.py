@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import shutil
 import signal
 import sqlite3
 import sys
@@ -232,14 +234,36 @@ def simulate(host, port, seed, conversations, messages_per_conversation, latency
 
 
 @main.command()
-@click.option("--db", "demo_db", default="demo.db", show_default=True,
-              type=click.Path(dir_okay=False), help="Where the demo mirror goes (replaced).")
-@click.option("--conversations", default=300, show_default=True, type=int,
-              help="Conversations the demo's simulator serves.")
-def demo(demo_db: str, conversations: int):
-    """Sync a local simulator into ./demo.db, change data upstream, sync again, search."""
+@click.option("--db", "demo_db", type=click.Path(dir_okay=False),
+              help="Where the demo mirror goes (default ./demo.db): a new file, or a demo "
+                   "database made earlier (replaced); anything else is refused.")
+@click.option("--conversations", default=300, show_default=True,
+              type=click.IntRange(min=10), help="Conversations the demo's simulator serves.")
+@pass_app
+def demo(app: App, demo_db: str | None, conversations: int):
+    """Sync a local simulator into ./demo.db, change data upstream, sync again, search.
+
+    Never overwrites a mirror: it writes only to a new file or to a database an earlier
+    `syncer demo` made, and refuses anything else (exit 2) without changing it. `--db` may be
+    given before or after `demo`."""
     from .demo import run_demo
-    run_demo(Path(demo_db), conversations, echo=click.echo)
+    if app.db_path and demo_db and Path(app.db_path).resolve() != Path(demo_db).resolve():
+        raise ConfigError(f"two databases given ({app.db_path} and {demo_db}): give --db once")
+    path = Path(demo_db or app.db_path or "demo.db")
+    run_demo(path, conversations, echo=click.echo, command=_syncer_command())
+
+
+def _syncer_command() -> str:
+    """How the user who started this process can run syncer again from the same directory."""
+    argv0 = sys.argv[0]
+    as_module = os.path.basename(argv0) == "__main__.py"
+    me = os.path.join(os.path.dirname(sys.executable), "syncer") if as_module else argv0
+    found = shutil.which("syncer")
+    if found and os.path.realpath(found) == os.path.realpath(me):
+        return "syncer"
+    if as_module:
+        return f"{shlex.quote(sys.executable)} -m syncer"
+    return shlex.quote(argv0)
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""Operating commands: daemon, status, verify."""
+"""Operating commands: daemon, status, purge."""
 from __future__ import annotations
 
 import json
@@ -94,4 +94,67 @@ def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
         if check:
             click.echo(message)
     if check and not healthy:
+        sys.exit(1)
+
+
+def _duration_option(name: str, text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+@main.command()
+@click.option("--deleted", is_flag=True,
+              help="Forget conversations deleted upstream (tombstoned by a sync).")
+@click.option("--older-than", metavar="DURATION",
+              help="With --deleted: only those tombstoned more than DURATION ago (e.g. 30d).")
+@click.option("--retain", metavar="DURATION",
+              help="Forget conversations whose last activity is older than DURATION (e.g. "
+                   "365d); a sync fetches them again only if they change upstream.")
+@click.option("--dry-run", is_flag=True, help="Say what would be forgotten; change nothing.")
+@pass_app
+def purge(app: App, deleted: bool, older_than: str | None, retain: str | None, dry_run: bool):
+    """Forget conversations: their messages, full-text entries and personal fields.
+
+    Each keeps only its id, timestamps, status and tombstone, so that a sync does not fetch it
+    again. The purge is recorded in _purges, and the file is then scrubbed (full-text index
+    merged, VACUUM, WAL emptied) so that the text is gone from its bytes. Takes the writer lock
+    like sync (exit 4 while another process writes); exit 1 if a reader kept the WAL from being
+    emptied (run it again)."""
+    from . import purge as forgetting
+    if older_than is not None and not deleted:
+        raise ConfigError("--older-than applies to --deleted; add --deleted")
+    if not deleted and retain is None:
+        raise ConfigError("say what to forget: --deleted, --retain DURATION, or both")
+    retain_seconds = _duration_option("--retain", retain)
+    if retain_seconds == 0:
+        raise ConfigError("--retain: must be longer than 0 (it would forget everything)")
+    label = " ".join(part for part in (
+        "--deleted" if deleted else "", f"--older-than {older_than}" if older_than else "",
+        f"--retain {retain}" if retain else "") if part)
+    criteria = forgetting.Criteria(deleted=deleted,
+                                   older_than=_duration_option("--older-than", older_than),
+                                   retain=retain_seconds, label=label)
+    db_path = app.settings().db_path
+    if dry_run:
+        result = forgetting.plan(db_path, criteria)
+    else:
+        result = forgetting.run_purge(db_path, criteria)
+    verb = "would forget" if dry_run else "forgot"
+    line = (f"{verb} {result.conversations} conversations ({result.deleted} deleted upstream, "
+            f"{result.conversations - result.deleted} inactive) and {result.messages} messages")
+    if dry_run and result.sample:
+        more = " ..." if result.conversations > len(result.sample) else ""
+        line += f": {', '.join(result.sample)}{more}"
+    click.echo(line)
+    if dry_run:
+        click.echo("dry run: nothing changed")
+    elif result.scrubbed:
+        click.echo(f"the database and its WAL are scrubbed (purge {result.purge_id} in _purges)")
+    else:
+        click.echo("error: another process kept the write-ahead log from being emptied; "
+                   "purged text may remain in it: run `syncer purge` again", err=True)
         sys.exit(1)

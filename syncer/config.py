@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 API_KEY_ENV = "RUNTYPE_API_KEY"
 DEFAULT_CONFIG_FILE = "syncer.toml"
 STATUSES = ("open", "closed", "archived", "all")
+ON_DELETE = ("keep", "purge")
 
 # section -> key -> (default, kind)
 DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
@@ -44,6 +45,7 @@ DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
     },
     "store": {
         "path": ("syncer.db", "str"),
+        "on_delete": ("keep", "str"),
     },
     "sync": {
         "status": ("all", "str"),
@@ -116,6 +118,7 @@ class Settings:
     max_response_bytes: int = 50 * 1024 * 1024
     allow_insecure_http: bool = False
     db_path: str = "syncer.db"
+    on_delete: str = "keep"
     status: str = "all"
     surface_ids: tuple[str, ...] = ()
     lookback: float = 600.0
@@ -289,6 +292,10 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
     if sync_status not in STATUSES:
         raise ConfigError(f"[sync].status in {source}: {sync_status!r} is not one of "
                           f"{', '.join(STATUSES)}")
+    on_delete = get("store", "on_delete")
+    if on_delete not in ON_DELETE:
+        raise ConfigError(f"[store].on_delete in {source}: {on_delete!r} is not one of "
+                          f"{', '.join(ON_DELETE)}")
     page_size = get("api", "page_size")
     if not 1 <= page_size <= 100:  # type: ignore[operator]
         raise ConfigError(f"[api].page_size in {source}: must be 1..100, got {page_size}")
@@ -321,6 +328,7 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
         allow_insecure_http=allow_insecure,
         db_path=(db_path or _stripped(env, "SYNCER_DB")
                  or get("store", "path")),  # type: ignore[arg-type]
+        on_delete=on_delete,  # type: ignore[arg-type]
         status=sync_status,  # type: ignore[arg-type]
         surface_ids=tuple(get("sync", "surface_ids")),  # type: ignore[arg-type]
         lookback=_as_seconds(get("sync", "lookback")),

@@ -2,37 +2,80 @@
 
 Starts the simulator on a free loopback port, mirrors it into a fresh database, changes data
 upstream, syncs again incrementally, and searches the mirror.
+
+The demo never overwrites a mirror: it writes only to a path where nothing exists, or to a
+database an earlier demo made (marked with the `_sync_state` key `demo` before its first sync).
+Anything else is refused before a byte of it is touched.
 """
 from __future__ import annotations
 
+import shlex
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from . import config
+from . import config, lock
 from .errors import StoreError
-from .migrations import APPLICATION_ID
+from .migrations import APPLICATION_ID, connect_untouched
 from .runner import run_sync
 from .simulator import Behaviour, SimulatorServer, generate
+from .store import Store
 from .sync import Summary
 
 DEMO_KEY = "rt_test_demo"
+DEMO_STATE = "demo"
+COMPANIONS = ("-wal", "-shm", "-journal")
 
 
-def _remove_old_demo(path: Path) -> None:
-    if not path.exists():
-        return
+def _made_by_demo(path: Path) -> bool:
+    """Whether `path` is a syncer database that `syncer demo` made. Reads only."""
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-        app_id = conn.execute("PRAGMA application_id").fetchone()[0]
-        conn.close()
+        conn = connect_untouched(path)
+        try:
+            if conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+                return False
+            row = conn.execute("SELECT value FROM _sync_state WHERE key = ?",
+                               (DEMO_STATE,)).fetchone()
+        finally:
+            conn.close()
     except sqlite3.DatabaseError:
-        app_id = None
-    if app_id != APPLICATION_ID:
-        raise StoreError(f"{path} exists and is not a syncer mirror; pass --db to use another "
-                         "file for the demo")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return False
+    return row is not None and row[0] == "1"
+
+
+def _check_free(path: Path) -> bool:
+    """Whether `path` holds an earlier demo (True) or nothing (False); StoreError for anything
+    else. Reads only."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory; pass --db with a new file for the demo")
+    if not path.exists():
+        leftover = [f"{path}{s}" for s in COMPANIONS if Path(f"{path}{s}").exists()]
+        if leftover:
+            raise StoreError(f"{leftover[0]} exists without its database (it may hold data); "
+                             "move it away or pass --db with a new file for the demo")
+        return False
+    if not _made_by_demo(path):
+        raise StoreError(f"{path} exists and is not a database made by `syncer demo`; the demo "
+                         "writes only a new file or its own earlier demo: pass --db NEW.db")
+    return True
+
+
+def _claim(path: Path) -> None:
+    """Make `path` free for a new demo database by removing an earlier demo's files. Call
+    holding the writer lock."""
+    if _check_free(path):
+        for suffix in ("", *COMPANIONS):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _create(path: Path) -> None:
+    """A new, empty mirror marked as the demo's own, so that a later demo may replace it."""
+    store = Store.open(str(path))
+    try:
+        with store.transaction():
+            store.set_state(DEMO_STATE, "1")
+    finally:
+        store.close()
 
 
 def _line(title: str, s: Summary) -> str:
@@ -43,8 +86,19 @@ def _line(title: str, s: Summary) -> str:
             f"{len(s.gaps)} conversations with message gaps")
 
 
-def run_demo(path: Path, conversations: int, echo: Callable[[str], None] = print) -> None:
-    _remove_old_demo(path)
+def run_demo(path: Path, conversations: int, echo: Callable[[str], None] = print,
+             command: str = "syncer") -> None:
+    """Run the demo into `path` (see the module's docstring for which paths it accepts).
+    `command` is how the user runs syncer, for the hint at the end."""
+    _check_free(path)      # refuse before even a lock file appears beside someone's file
+    with lock.writing(str(path), role="demo"):
+        _claim(path)
+        _create(path)
+        _run(path, conversations, echo)
+    echo(f"mirror: {path} (try: {command} --db {shlex.quote(str(path))} search refund)")
+
+
+def _run(path: Path, conversations: int, echo: Callable[[str], None]) -> None:
     upstream = generate(seed=1, conversations=conversations)
     behaviour = Behaviour(api_key=DEMO_KEY, default_status="open", message_bumps_updated=False)
     with SimulatorServer(upstream, behaviour) as server:
@@ -71,4 +125,3 @@ def run_demo(path: Path, conversations: int, echo: Callable[[str], None] = print
     echo(f"search 'refund' in {path}:")
     for cid, role, snippet in hits:
         echo(f"  {cid} {role}: {snippet}")
-    echo(f"mirror: {path} (try: syncer --db {path} search refund)")

@@ -1,12 +1,13 @@
 """Schema versions. The database shape is declared here as data and applied in order.
 
 `PRAGMA user_version` holds the version a database is at. Each entry of MIGRATIONS moves a
-database from the version before it to its own; all are idempotent (`IF NOT EXISTS`), so a
-database half-way through a version is finished on the next open.
+database from the version before it to its own, in one transaction with the new user_version,
+so a database is never half-way through a version.
 """
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from .errors import StoreError
 
@@ -120,9 +121,27 @@ CREATE TABLE IF NOT EXISTS _rejects (
 # A watermark belongs to the scope (status, surfaces) of the runs that made it; a queued
 # conversation's generation grows with every newer record the walk queues for it, so a fetch
 # started from an older record does not take it off the queue.
+# Forgetting (purge.py): a purged conversation keeps its id, timestamps, status, tombstone and,
+# when it is live upstream, its list signature, so that a sync does not fetch it again unless it
+# changes. A sync that writes it again (it changed, or came back) makes it an ordinary
+# conversation again: the trigger clears the mark whenever the row's _synced_at is written.
 V2 = """
 ALTER TABLE _sync_runs ADD COLUMN scope TEXT;
 ALTER TABLE _sync_queue ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE conversations ADD COLUMN _purged_at TEXT;
+CREATE TRIGGER IF NOT EXISTS conversations_written_again
+AFTER UPDATE OF _synced_at ON conversations WHEN NEW._purged_at IS NOT NULL
+BEGIN UPDATE conversations SET _purged_at = NULL WHERE rowid = NEW.rowid; END;
+CREATE TABLE IF NOT EXISTS _purges (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    finished_at TEXT,
+    outcome TEXT NOT NULL,
+    criteria TEXT NOT NULL,
+    conversations INTEGER NOT NULL DEFAULT 0,
+    messages INTEGER NOT NULL DEFAULT 0,
+    scrubbed_at TEXT
+);
 """
 
 MIGRATIONS: list[str] = [V1, V2]
@@ -151,3 +170,13 @@ def migrate(conn: sqlite3.Connection) -> None:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+
+def connect_untouched(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection for checking a file that may not be a mirror, or not ours to
+    change. Without a WAL beside it, every committed page is in the file itself, so it is
+    opened immutable: SQLite then creates no -wal/-shm companions either."""
+    p = Path(path).resolve()
+    immutable = "" if Path(f"{p}-wal").exists() else "&immutable=1"
+    return sqlite3.connect(f"{p.as_uri()}?mode=ro{immutable}", uri=True, isolation_level=None,
+                           timeout=30)

@@ -67,7 +67,7 @@ class Filters:
     include_deleted: bool = False
 
     def conversation_sql(self, c: str = "c") -> tuple[list[str], list]:
-        where, args = [], []
+        where, args = [f"{c}._purged_at IS NULL"], []   # forgotten: only ids and times left
         if not self.include_deleted:
             where.append(f"{c}._deleted_at IS NULL")
         if self.status:

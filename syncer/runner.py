@@ -27,6 +27,9 @@ def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | 
                                progress=progress, max_delete=max_delete).run()
             if summary.counts.get("pages") and summary.outcome != "auth_failed":
                 binding.record(store, settings)
+            if settings.on_delete == "purge":
+                from .purge import forget_tombstoned
+                forget_tombstoned(store)
             return summary
         finally:
             store.close()

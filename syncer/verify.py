@@ -33,7 +33,7 @@ from .messages import MessageReader
 from .pagination import Walker
 from .store import Store
 from .transform import (CONVERSATION_FIELDS, MESSAGE_FIELDS, TIMESTAMP_FIELDS, BadRecord,
-                        checked_conversation_row, normalize_timestamp)
+                        checked_conversation_row, normalize_timestamp, list_signature)
 from .validate import checker
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class _Held:
     recorded: int          # messages the last sync recorded as held
     complete: bool
     held: int = 0          # messages actually held
+    purged: bool = False   # forgotten by `syncer purge`: only id, times, status and signature
+    list_sig: str | None = None
 
 
 def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
@@ -108,10 +110,11 @@ def _load(conn: sqlite3.Connection) -> tuple[dict[str, _Held], int]:
     belong to no conversation."""
     names = ", ".join(CONVERSATION_FIELDS)
     stored = {}
-    for row in conn.execute(f"SELECT {names}, _deleted_at, _messages_held, _messages_complete "
-                            f"FROM conversations"):
+    for row in conn.execute(f"SELECT {names}, _purged_at, _list_sig, _deleted_at, "
+                            f"_messages_held, _messages_complete FROM conversations"):
         columns = dict(zip(CONVERSATION_FIELDS, row))
-        stored[columns["id"]] = _Held(columns, row[-3] is not None, row[-2], bool(row[-1]))
+        stored[columns["id"]] = _Held(columns, row[-3] is not None, row[-2], bool(row[-1]),
+                                      purged=row[-5] is not None, list_sig=row[-4])
     orphans = 0
     for cid, n in conn.execute("SELECT conversationId, count(*) FROM messages "
                                "GROUP BY conversationId"):
@@ -185,6 +188,10 @@ def verify(settings: Settings, store: Store, client: RuntypeClient, *, deep: boo
                 if mine is None or mine.deleted:
                     report.missing.append(cid)
                     continue
+                if mine.purged:     # forgotten on purpose: only a change upstream differs
+                    if mine.list_sig != list_signature(row):
+                        report.stale.append(cid)
+                    continue
                 fields = [f for f in CONVERSATION_FIELDS if row.get(f) != mine.columns[f]]
                 if fields:
                     report.stale.append(cid)
@@ -195,7 +202,8 @@ def verify(settings: Settings, store: Store, client: RuntypeClient, *, deep: boo
                               if not mine.deleted and cid not in listed
                               and _in_scope(settings, mine.columns))
     if deep:
-        held = {cid: n for cid, n in listed.items() if cid in stored and not stored[cid].deleted}
+        held = {cid: n for cid, n in listed.items()
+                if cid in stored and not stored[cid].deleted and not stored[cid].purged}
         _compare_messages(settings, store, client, held, report)
     return report
 
