@@ -220,7 +220,7 @@ def _duration(seconds: float) -> str:
 @main.command("export")
 @click.argument("table", type=click.Choice(TABLES))
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="csv", show_default=True,
-              help="parquet needs the optional extra: pip install 'syncer[parquet]'.")
+              help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="File to write (default: stdout).")
 @filter_options
