@@ -4,6 +4,7 @@ calls one function, renders its result, and turns syncer's errors into exit code
 3 the API refused the key, 4 another process is writing the mirror."""
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -52,8 +53,80 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+# The group's own options, which people also type after the command (`syncer search --db x.db
+# refund`): those taking a value, and the flags.
+GLOBAL_VALUED = ("--db", "--config", "--log-format")
+GLOBAL_FLAGS = ("--verbose", "--quiet", "-q")
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _is_global(arg: str) -> bool:
+    return (arg in GLOBAL_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"})
+            or arg in GLOBAL_VALUED or arg.split("=", 1)[0] in GLOBAL_VALUED)
+
+
+def hoist_global_options(args: list[str], keep: dict[str, tuple[str, ...]]) -> list[str]:
+    """`args` with the group's options moved from after the command name to before it, so they
+    work in either place. Stops at `--`; `keep` names, per command, options it has of its own."""
+    i = 0
+    while i < len(args) and args[i].startswith("-"):       # the group's options come first
+        i += 2 if args[i] in GLOBAL_VALUED else 1
+    if i >= len(args):
+        return args
+    before, command, rest = args[:i], args[i], args[i + 1:]
+    moved, kept, j = [], [], 0
+    while j < len(rest):
+        arg = rest[j]
+        if arg == "--":
+            kept += rest[j:]
+            break
+        if _is_global(arg) and arg.split("=", 1)[0] not in keep.get(command, ()):
+            takes_value = arg in GLOBAL_VALUED
+            moved += rest[j:j + 2] if takes_value else [arg]
+            j += 2 if takes_value else 1
+            continue
+        kept.append(arg)
+        j += 1
+    return before + moved + [command] + kept
+
+
+class Choice(click.Choice):
+    """click's Choice that, like its unknown options, suggests the closest value."""
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
+            if close:
+                e.message = f"{e.message.rstrip('.')}. Did you mean {close[0]!r}?"
+            raise
+
+
+class SyncerCommand(click.Command):
+    """A command whose summary in `syncer --help` is its whole first sentence, never cut."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("context_settings", CONTEXT)
+        super().__init__(*args, **kwargs)
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        if self.short_help:
+            return self.short_help
+        first = (self.help or "").split("\n\n", 1)[0]
+        return " ".join(first.split(". ", 1)[0].split()).rstrip(".")
+
+
 class SyncerGroup(click.Group):
-    """Turns syncer's errors into one line on stderr and the documented exit code."""
+    """Turns syncer's errors into one line on stderr and the documented exit code, and takes the
+    global options after the command too."""
+
+    command_class = SyncerCommand
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        own = {name: tuple(o for p in command.params for o in p.opts)
+               for name, command in self.commands.items()}
+        return super().parse_args(ctx, hoist_global_options(list(args), own))
 
     def invoke(self, ctx: click.Context):
         main_thread = threading.current_thread() is threading.main_thread()
@@ -81,7 +154,7 @@ class SyncerGroup(click.Group):
         ctx.exit(exit_code)
 
 
-@click.group(cls=SyncerGroup)
+@click.group(cls=SyncerGroup, context_settings=CONTEXT)
 @click.version_option(__version__, prog_name="syncer")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help=f"TOML config file (default: ./{config.DEFAULT_CONFIG_FILE} if present).")
@@ -89,11 +162,21 @@ class SyncerGroup(click.Group):
               help="SQLite database of the mirror (overrides [store].path).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: every request).")
 @click.option("-q", "--quiet", is_flag=True, help="Errors only (for cron).")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+@click.option("--log-format", type=Choice(["text", "json"]), default="text",
               show_default=True, help="Log line format (json for log shippers).")
 @click.pass_context
 def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format):
-    """Mirror Runtype messaging conversations into SQLite and use them offline."""
+    """Mirror Runtype messaging conversations into SQLite and use them offline.
+
+    The options above also work after the command (`syncer search --db x.db refund`).
+
+    \b
+    Examples:
+      syncer demo
+      RUNTYPE_API_KEY=rt_live_... syncer --db mirror.db sync
+      syncer --db mirror.db search refund
+      syncer COMMAND -h
+    """
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format,
                   secret=os.environ.get(config.API_KEY_ENV))
     ctx.obj = App(config_path, db_path, log_format)
@@ -126,7 +209,23 @@ def _install_stop_handlers(stop: threading.Event) -> None:
 @pass_app
 def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
          allow_insecure_http: bool):
-    """Pull what changed since the last run into the mirror."""
+    """Pull what changed since the last run into the mirror.
+
+    The API key comes from RUNTYPE_API_KEY (or [api].key in the config file), the API's
+    address from RUNTYPE_BASE_URL (or [api].base_url); `syncer doctor` shows both and where
+    they came from.
+
+    Exit codes: 0 the mirror is complete and current; 1 some conversations failed or the run
+    was cut short (what is left is fetched first next run); 2 bad usage, configuration or
+    database; 3 the API refused the key; 4 another process is writing the mirror.
+
+    \b
+    Examples:
+      export RUNTYPE_API_KEY=rt_live_...
+      syncer --db mirror.db sync
+      syncer --db mirror.db sync --full --max-delete 100%
+      syncer -q --db mirror.db sync          # from cron: silent unless it fails
+    """
     from .runner import run_sync
     settings = app.settings(allow_insecure_http=True if allow_insecure_http else None)
     if max_delete is not None:
@@ -201,17 +300,23 @@ def _print_summary(summary) -> None:
 @click.option("--rate-window", default=10.0, show_default=True, type=float,
               help="Seconds of the rate-limit window.")
 @click.option("--list-order", default="updated_desc", show_default=True,
-              type=click.Choice(["updated_desc", "created_desc", "last_message_desc", "id_asc",
+              type=Choice(["updated_desc", "created_desc", "last_message_desc", "id_asc",
                                  "shuffled"]),
               help="Order of the conversation list (undocumented upstream).")
 @click.option("--message-paging", default="none", show_default=True,
-              type=click.Choice(["none", "offset"]),
+              type=Choice(["none", "offset"]),
               help="Whether messages past the first 100 can be paged with `offset`.")
 @click.option("--api-key", default="rt_test_simulator", show_default=True,
               help="The key the simulator accepts.")
 def simulate(host, port, seed, conversations, messages_per_conversation, latency_ms, fault_rate,
              rate_limit, rate_window, list_order, message_paging, api_key):
-    """Run the local Runtype API simulator until interrupted."""
+    """Run the local Runtype API simulator until interrupted.
+
+    \b
+    Examples:
+      syncer simulate --port 8765 --conversations 1000
+      syncer simulate --port 0 --fault-rate 0.1 --rate-limit 50
+    """
     from .simulator import Behaviour, SimulatorServer, generate
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError("the simulator only listens on loopback addresses")
@@ -245,7 +350,13 @@ def demo(app: App, demo_db: str | None, conversations: int):
 
     Never overwrites a mirror: it writes only to a new file or to a database an earlier
     `syncer demo` made, and refuses anything else (exit 2) without changing it. `--db` may be
-    given before or after `demo`."""
+    given before or after `demo`.
+
+    \b
+    Examples:
+      syncer demo
+      syncer demo --db /tmp/try.db --conversations 50
+    """
     from .demo import run_demo
     if app.db_path and demo_db and Path(app.db_path).resolve() != Path(demo_db).resolve():
         raise ConfigError(f"two databases given ({app.db_path} and {demo_db}): give --db once")
@@ -272,7 +383,7 @@ def _syncer_command() -> str:
                    "out of step).")
 @click.option("--deep", is_flag=True,
               help="Also read every conversation's messages and compare each held message.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+@click.option("--format", "fmt", type=Choice(["text", "json"]), default="text",
               show_default=True, help="json: the whole report, for monitoring.")
 @pass_app
 def verify(app: App, fix: bool, deep: bool, fmt: str):
@@ -280,7 +391,14 @@ def verify(app: App, fix: bool, deep: bool, fmt: str):
 
     Exits 0 only when the mirror is exact: nothing missing, extra or stale, every conversation
     holding the messages it should (recorded gaps are listed, not counted), no message of no
-    conversation, the full-text index in step, and everything compared. Otherwise 1."""
+    conversation, the full-text index in step, and everything compared. Otherwise 1.
+
+    \b
+    Examples:
+      syncer --db mirror.db verify
+      syncer --db mirror.db verify --deep --format json
+      syncer --db mirror.db verify --fix && syncer --db mirror.db sync
+    """
     from .runner import run_verify
     report = run_verify(app.settings(), fix=fix, deep=deep)
     if fmt == "json":
