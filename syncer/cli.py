@@ -410,6 +410,34 @@ def verify(app: App, fix: bool, deep: bool, fmt: str):
     sys.exit(0 if report.exact else 1)
 
 
+@main.command()
+@pass_app
+def doctor(app: App):
+    """Check the configuration, the database and the API, and say what to fix.
+
+    Lists every setting with where it came from (flag, environment variable, config file or
+    default; the API key only as set or unset), then checks the database and the upstream it
+    belongs to, and makes one request to the API: reachable, key accepted, rate-limit headers.
+    Exits 0 when every check is OK, 1 otherwise.
+
+    \b
+    Examples:
+      syncer doctor
+      syncer --config /etc/syncer/syncer.toml --db /var/lib/syncer/mirror.db doctor
+    """
+    from .doctor import examine
+    report = examine(app.config_path, app.db_path)
+    click.echo(f"configuration ({report.config_file or 'no config file'}):")
+    name_width = max(len(name) for name, _, _ in report.values)
+    value_width = min(40, max(len(shown) for _, shown, _ in report.values))
+    for name, shown, source in report.values:
+        click.echo(f"  {name:<{name_width}}  {shown:<{value_width}}  ({source})")
+    click.echo("checks:")
+    for check in report.checks:
+        click.echo(f"  {'OK  ' if check.ok else 'FIX '}  {check.text}")
+    sys.exit(0 if report.ok else 1)
+
+
 from . import cli_browse, cli_ops  # noqa: E402,F401  (they add their commands to `main`)
 
 if __name__ == "__main__":  # pragma: no cover
