@@ -32,6 +32,7 @@ class App:
     config_path: str | None
     db_path: str | None
     log_format: str = "text"
+    color: str = "auto"
     database: str | None = None      # the database the command uses, for errors about it
 
     def settings(self, **overrides) -> config.Settings:
@@ -39,6 +40,12 @@ class App:
         redact(settings.api_key)     # a key from the file is scrubbed from the logs too
         self.database = settings.db_path
         return settings
+
+    def use_color(self) -> bool:
+        """--color always/never, else colour only on a terminal and without NO_COLOR."""
+        if self.color != "auto":
+            return self.color == "always"
+        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 pass_app = click.make_pass_decorator(App)
@@ -55,7 +62,7 @@ def _terminate(signum, frame):
 
 # The group's own options, which people also type after the command (`syncer search --db x.db
 # refund`): those taking a value, and the flags.
-GLOBAL_VALUED = ("--db", "--config", "--log-format")
+GLOBAL_VALUED = ("--db", "--config", "--log-format", "--color")
 GLOBAL_FLAGS = ("--verbose", "--quiet", "-q")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -164,8 +171,11 @@ class SyncerGroup(click.Group):
 @click.option("-q", "--quiet", is_flag=True, help="Errors only (for cron).")
 @click.option("--log-format", type=Choice(["text", "json"]), default="text",
               show_default=True, help="Log line format (json for log shippers).")
+@click.option("--color", type=Choice(["auto", "always", "never"]), default="auto",
+              show_default=True,
+              help="Highlight matches in colour (auto: on a terminal, unless NO_COLOR is set).")
 @click.pass_context
-def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format):
+def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format, color):
     """Mirror Runtype messaging conversations into SQLite and use them offline.
 
     The options above also work after the command (`syncer search --db x.db refund`).
@@ -179,7 +189,7 @@ def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format):
     """
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format,
                   secret=os.environ.get(config.API_KEY_ENV))
-    ctx.obj = App(config_path, db_path, log_format)
+    ctx.obj = App(config_path, db_path, log_format, color=color)
 
 
 def _install_stop_handlers(stop: threading.Event) -> None:
@@ -234,7 +244,7 @@ def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
     _install_stop_handlers(stop)
     summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer(),
                        max_delete=max_delete, rebind=rebind)
-    _print_summary(summary)
+    _print_summary(summary, settings, app.log_format)
     sys.exit(summary.exit_code)
 
 
@@ -260,24 +270,55 @@ def _progress_printer():
     return show
 
 
-def _print_summary(summary) -> None:
+def _n(count: int, one: str, many: str) -> str:
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def _queued(db_path: str) -> int | None:
+    from . import status
+    try:
+        return status.gather(db_path, runs=1)["queue"]["size"]
+    except (SyncerError, sqlite3.Error):
+        return None
+
+
+def _print_summary(summary, settings, log_format: str) -> None:
     from .runner import describe
+    c = summary.counts
+    left = _queued(settings.db_path) if summary.outcome in ("interrupted", "partial") else None
+    if log_format == "json":
+        # one object with the counts as fields, for log shippers (errors are logged as JSON)
+        record = {"event": "sync_summary", "outcome": summary.outcome, "mode": summary.mode,
+                  "seconds": round(summary.seconds, 3), **c,
+                  "incomplete_conversations": len(summary.gaps), "queued": left,
+                  "early_stop": summary.early_stop}
+        click.echo(json.dumps(record))
+        if summary.error:
+            log.error("%s", summary.error)
+        return
     if sys.stderr.isatty() and log.getEffectiveLevel() <= logging.WARNING:
         click.echo("", err=True)
     if log.getEffectiveLevel() > logging.WARNING and summary.outcome == "ok":
         return
-    c = summary.counts
     click.echo(describe(summary))
     if c.get("conversations_failed"):
-        click.echo(f"  {c['conversations_failed']} conversations failed and stay queued for the "
-                   "next run")
+        failed = c["conversations_failed"]
+        click.echo(f"  {_n(failed, 'conversation', 'conversations')} failed and "
+                   f"{'stays' if failed == 1 else 'stay'} queued for the next run")
     if c.get("rejects"):
-        click.echo(f"  {c['rejects']} records failed validation and were quarantined in _rejects")
+        rejects = c["rejects"]
+        click.echo(f"  {_n(rejects, 'record', 'records')} failed validation and "
+                   f"{'was' if rejects == 1 else 'were'} quarantined in _rejects")
     if summary.gaps:
         sample = ", ".join(f"{cid} {held}/{count}" for cid, count, held in summary.gaps[:5])
         more = f" and {len(summary.gaps) - 5} more" if len(summary.gaps) > 5 else ""
-        click.echo(f"  {len(summary.gaps)} conversations are incomplete: the server serves fewer "
-                   f"messages than it reports (held/reported: {sample}{more})")
+        click.echo(f"  {_n(len(summary.gaps), 'conversation is', 'conversations are')} "
+                   "incomplete: the server serves fewer messages than it reports "
+                   f"(held/reported: {sample}{more})")
+    if summary.outcome == "interrupted":
+        what = ("" if left is None else
+                f"{_n(left, 'conversation is', 'conversations are')} still queued; ")
+        click.echo(f"  stopped before the end: {what}the next `syncer sync` resumes from there")
     if summary.error:
         click.echo(f"error: {summary.error}", err=True)
 

@@ -89,21 +89,26 @@ def _term_width() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
 
-def _emit_rows(rows: list[dict], fmt: str | None, columns: list[tuple[str, str]]) -> None:
+def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[str, str]],
+               shown: str | None = None) -> None:
+    """`rows` in `fmt`; on a terminal, `shown` (how many of how many) or "no matches" goes to
+    stderr, so that a cut list says so and piped output stays data."""
     fmt = _fmt(fmt, "jsonl")
     out = sys.stdout
+    if sys.stdout.isatty() and (shown or not rows):
+        click.echo(shown or "no matches", err=True)
     if fmt == "table":
-        tty = sys.stdout.isatty()
-        mark = BOLD if tty else ("[", "]")
+        color = app.use_color()
+        mark = BOLD if color else ("[", "]")
         click.echo(render.table(rows, columns, _term_width(),
-                                style=lambda s: render.marked(s, mark) + (BOLD[1] if tty else "")
-                                if query.MARK[0] in s else s))
+                                style=lambda s: render.marked(s, mark) + (BOLD[1] if color else "")
+                                if query.MARK[0] in s else s), color=color)
         return
     rows = render.plain_snippets(rows)
     {"json": render.dump_json, "jsonl": render.dump_jsonl, "csv": render.dump_csv}[fmt](rows, out)
 
 
-SEARCH_COLUMNS = [("createdAt", "time"), ("role", "role"), ("participantName", "participant"),
+SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time (UTC)"), ("role", "role"), ("participantName", "participant"),
                   ("subject", "subject"), ("snippet", "match")]
 
 
@@ -130,16 +135,21 @@ def search(app: App, words, fts, scope, limit, offset, filters, fmt):
       syncer search --fts 'refund NOT (billing OR invoice)' --format jsonl
     """
     with _open(app, filters) as store:
-        hits = query.search(store, " ".join(words), filters, limit=limit, offset=offset,
+        hits = query.search(store, " ".join(words), filters, limit=limit + 1, offset=offset,
                             fts=fts, scope=scope)
-    _emit_rows(hits, fmt, SEARCH_COLUMNS)
+    more = len(hits) > limit
+    shown = (f"showing {limit:,} of more than {limit:,} matches (use --limit or --offset)"
+             if more else None)
+    _emit_rows(app, hits[:limit], fmt, SEARCH_COLUMNS, shown)
 
 
 @main.command()
 @click.argument("conversation_id")
 @format_option(("table", "json"))
+@click.option("--no-pager", is_flag=True,
+              help="Never page (by default a thread longer than the terminal goes to $PAGER).")
 @pass_app
-def show(app: App, conversation_id, fmt):
+def show(app: App, conversation_id, fmt, no_pager):
     """Show one conversation: its header and every message in order.
 
     \b
@@ -152,7 +162,12 @@ def show(app: App, conversation_id, fmt):
     if _fmt(fmt, "json") == "json":
         render.dump_json(thread, sys.stdout)
         return
-    click.echo(_thread_text(thread))
+    text = _thread_text(thread)
+    if (not no_pager and sys.stdout.isatty()
+            and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
+        click.echo_via_pager(text)
+    else:
+        click.echo(text)
 
 
 def _thread_text(t: dict) -> str:
@@ -162,17 +177,17 @@ def _thread_text(t: dict) -> str:
     lines = [f"{t['subject'] or '(no subject)'}",
              f"  {t['id']}  {t['status']}  via {surface}",
              f"  participant: {t['participantName'] or ''} <{t['participantEmail'] or ''}>",
-             f"  created {t['createdAt']}  updated {t['updatedAt']}  "
-             f"last message {t['lastMessageAt'] or '-'}",
+             f"  created {render.when(t['createdAt'])}  updated {render.when(t['updatedAt'])}  "
+             f"last message {render.when(t['lastMessageAt'])}",
              f"  {count} messages, {complete}" +
              (f"; DELETED upstream at {t['_deleted_at']}" if t["_deleted_at"] else ""), ""]
     for m in t["messages"]:
-        lines.append(f"[{render._cell(m['createdAt'])}] {m['role']}:")
+        lines.append(f"[{render.when(m['createdAt'])}] {m['role']}:")
         lines += ["    " + line for line in (m["content"] or "").splitlines() or [""]]
     return "\n".join(lines)
 
 
-CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "status"),
+CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated (UTC)"), ("status", "status"),
                         ("surfaceId", "surface"), ("messageCount", "msgs"),
                         ("participantName", "participant"), ("subject", "subject")]
 
@@ -196,7 +211,12 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
     """
     with _open(app, filters) as store:
         rows = query.conversations(store, filters, sort=sort, limit=limit or None, offset=offset)
-    _emit_rows(rows, fmt, CONVERSATION_COLUMNS)
+        shown = None
+        if sys.stdout.isatty() and limit and len(rows) == limit:
+            total = query.count_conversations(store, filters)
+            if total > offset + limit:
+                shown = f"showing {len(rows):,} of {total:,} (use --limit or --offset)"
+    _emit_rows(app, rows, fmt, CONVERSATION_COLUMNS, shown)
 
 
 @main.command()
@@ -226,7 +246,7 @@ def _stats_text(s: dict) -> str:
     c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
     median = "-" if fr["medianSeconds"] is None else _duration(fr["medianSeconds"])
     parts = [f"{c['total']} conversations, {m['total']} messages "
-             f"({render._cell(m['first']) or '-'} to {render._cell(m['last']) or '-'})",
+             f"({render.when(m['first'])} to {render.when(m['last'])})",
              f"median first response: {median} over {fr['turns']} user turns"]
     for title, items, key in (("conversations by status", c["byStatus"], "status"),
                               ("conversations by surface", c["bySurface"], "surfaceId"),
