@@ -4,7 +4,6 @@ calls one function, renders its result, and turns syncer's errors into exit code
 3 the API refused the key, 4 another process is writing the mirror."""
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import os
@@ -15,40 +14,16 @@ import sqlite3
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from . import __version__, config
+from .cli_context import CONTEXT, App, Choice, SyncerCommand, install_stop_handlers, pass_app
 from .errors import ConfigError, SyncerError
-from .logs import redact, setup_logging
+from .logs import setup_logging
 
 log = logging.getLogger("syncer")
-
-
-@dataclass
-class App:
-    config_path: str | None
-    db_path: str | None
-    log_format: str = "text"
-    color: str = "auto"
-    database: str | None = None      # the database the command uses, for errors about it
-
-    def settings(self, **overrides) -> config.Settings:
-        settings = config.load(self.config_path, db_path=self.db_path, **overrides)
-        redact(settings.api_key)     # a key from the file is scrubbed from the logs too
-        self.database = settings.db_path
-        return settings
-
-    def use_color(self) -> bool:
-        """--color always/never, else colour only on a terminal and without NO_COLOR."""
-        if self.color != "auto":
-            return self.color == "always"
-        return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-
-
-pass_app = click.make_pass_decorator(App)
 
 
 class Terminated(KeyboardInterrupt):
@@ -64,9 +39,6 @@ def _terminate(signum, frame):
 # refund`): those taking a value, and the flags.
 GLOBAL_VALUED = ("--db", "--config", "--log-format", "--color")
 GLOBAL_FLAGS = ("--verbose", "--quiet", "-q")
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-
-
 def _is_global(arg: str) -> bool:
     return (arg in GLOBAL_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"})
             or arg in GLOBAL_VALUED or arg.split("=", 1)[0] in GLOBAL_VALUED)
@@ -95,33 +67,6 @@ def hoist_global_options(args: list[str], keep: dict[str, tuple[str, ...]]) -> l
         kept.append(arg)
         j += 1
     return before + moved + [command] + kept
-
-
-class Choice(click.Choice):
-    """click's Choice that, like its unknown options, suggests the closest value."""
-
-    def convert(self, value, param, ctx):
-        try:
-            return super().convert(value, param, ctx)
-        except click.BadParameter as e:
-            close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
-            if close:
-                e.message = f"{e.message.rstrip('.')}. Did you mean {close[0]!r}?"
-            raise
-
-
-class SyncerCommand(click.Command):
-    """A command whose summary in `syncer --help` is its whole first sentence, never cut."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("context_settings", CONTEXT)
-        super().__init__(*args, **kwargs)
-
-    def get_short_help_str(self, limit: int = 45) -> str:
-        if self.short_help:
-            return self.short_help
-        first = (self.help or "").split("\n\n", 1)[0]
-        return " ".join(first.split(". ", 1)[0].split()).rstrip(".")
 
 
 class SyncerGroup(click.Group):
@@ -192,19 +137,6 @@ def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format, c
     ctx.obj = App(config_path, db_path, log_format, color=color)
 
 
-def _install_stop_handlers(stop: threading.Event) -> None:
-    """First SIGINT/SIGTERM: finish the work in hand and stop. Second: exit at once (every
-    write is a transaction, so the database stays consistent)."""
-    def handler(signum, frame):
-        if stop.is_set():
-            os._exit(130)
-        stop.set()
-        log.warning("%s: stopping after the work in hand (signal again to quit at once)",
-                    signal.Signals(signum).name)
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
 @main.command()
 @click.option("--full", is_flag=True,
               help="Walk the whole list and mark conversations gone upstream as deleted.")
@@ -241,7 +173,7 @@ def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
     if max_delete is not None:
         max_delete = config.check_max_delete(max_delete, "--max-delete")
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer(),
                        max_delete=max_delete, rebind=rebind)
     _print_summary(summary, settings, app.log_format)
@@ -479,7 +411,10 @@ def doctor(app: App):
     sys.exit(0 if report.ok else 1)
 
 
-from . import cli_browse, cli_ops  # noqa: E402,F401  (they add their commands to `main`)
+from . import cli_browse, cli_ops  # noqa: E402
+
+for _command in cli_browse.COMMANDS + cli_ops.COMMANDS:
+    main.add_command(_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -14,7 +14,7 @@ import sys
 import click
 
 from . import config, known, query, render
-from .cli import App, Choice, main, pass_app
+from .cli_context import App, Choice, command, pass_app
 from .export import FORMATS, TABLES, check_format, export, private_output
 from .store import Store
 
@@ -112,7 +112,7 @@ SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time (UTC)"
                   ("subject", "subject"), ("snippet", "match")]
 
 
-@main.command()
+@command()
 @click.argument("words", nargs=-1, required=True)
 @click.option("--fts", is_flag=True, help="Pass WORDS to SQLite FTS5 as query syntax.")
 @click.option("--in", "scope", type=Choice(["all", "messages", "conversations"]),
@@ -143,7 +143,7 @@ def search(app: App, words, fts, scope, limit, offset, filters, fmt):
     _emit_rows(app, hits[:limit], fmt, SEARCH_COLUMNS, shown)
 
 
-@main.command()
+@command()
 @click.argument("conversation_id")
 @format_option(("table", "json"))
 @click.option("--no-pager", is_flag=True,
@@ -192,7 +192,7 @@ CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated (UTC)"), ("status",
                         ("participantName", "participant"), ("subject", "subject")]
 
 
-@main.command("conversations")
+@command("conversations")
 @click.option("--sort", type=Choice(list(query.SORTS)), default="updated",
               show_default=True, help="Newest (or most messages) first.")
 @paging_options(50, minimum=0, help_limit="At most this many (0: all).")
@@ -219,7 +219,7 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
     _emit_rows(app, rows, fmt, CONVERSATION_COLUMNS, shown)
 
 
-@main.command()
+@command()
 @click.option("--per", type=Choice(["auto", "day", "week"]), default="auto",
               show_default=True, help="Bucket size of the message volume.")
 @filter_options
@@ -267,7 +267,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
-@main.command("export")
+@command("export")
 @click.argument("table", type=Choice(TABLES))
 @click.option("--format", "fmt", type=Choice(FORMATS), default="csv", show_default=True,
               help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'.")
@@ -288,3 +288,6 @@ def export_command(app: App, table, fmt, output, filters):
         n = export(store, table, fmt, out, filters)
     if output != "-":
         click.echo(f"{n} {table} written to {output}", err=True)
+
+
+COMMANDS = [search, show, conversations_command, stats, export_command]

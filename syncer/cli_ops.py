@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from .cli import App, Choice, _install_stop_handlers, main, pass_app
+from .cli_context import App, Choice, install_stop_handlers, command, pass_app
 from .config import parse_duration
 from .errors import ConfigError
 
@@ -26,7 +26,7 @@ def _daemon_logging() -> None:
     aps.propagate = False
 
 
-@main.command()
+@command()
 @click.option("--interval", metavar="DURATION",
               help="Sync every DURATION (30s, 5m, 1h); overrides [schedule].interval and cron.")
 @click.option("--cron", "cron_expr", metavar="EXPR",
@@ -64,12 +64,12 @@ def daemon(app: App, interval: str | None, cron_expr: str | None, no_initial_run
     trigger, schedule = make_trigger(seconds, cron, settings.schedule_jitter)
     _daemon_logging()
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     Daemon(settings, trigger, schedule=schedule, initial_run=not no_initial_run,
            stop=stop).run()
 
 
-@main.command("status")
+@command("status")
 @click.option("--format", "fmt", type=Choice(["text", "json"]), default="text",
               show_default=True, help="json for monitoring.")
 @click.option("--check", is_flag=True,
@@ -118,7 +118,7 @@ def _duration_option(name: str, text: str | None) -> float | None:
         raise ConfigError(f"{name}: {e}") from None
 
 
-@main.command()
+@command()
 @click.option("--deleted", is_flag=True,
               help="Forget conversations deleted upstream (tombstoned by a sync).")
 @click.option("--older-than", metavar="DURATION",
@@ -176,3 +176,6 @@ def purge(app: App, deleted: bool, older_than: str | None, retain: str | None, d
         click.echo("error: another process kept the write-ahead log from being emptied; "
                    "purged text may remain in it: run `syncer purge` again", err=True)
         sys.exit(1)
+
+
+COMMANDS = [daemon, status_command, purge]

@@ -106,3 +106,13 @@ def test_summaries_are_whole_sentences():
     for name, command in main.commands.items():
         first = " ".join(command.help.split("\n\n")[0].split()).split(". ")[0].rstrip(".")
         assert " ".join(first.split()) in " ".join(listing.split()), name
+
+
+def test_imports_run_one_way():
+    """The command modules build on cli_context and never import the group back."""
+    code = ("import sys, syncer.cli_browse, syncer.cli_ops; "
+            "print('syncer.cli' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "False", r.stderr
+    assert {"search", "show", "conversations", "stats", "export", "daemon", "status",
+            "purge", "doctor", "sync"} <= set(main.commands)
