@@ -1,12 +1,14 @@
 """Benchmark of the offline read commands on a large mirror (not a test: run it by hand).
 
     .venv/bin/python benchmarks/bench_read.py [--db /tmp/bench-read.db] [--messages 1000000]
+        [--sections calls,commands,exports]
 
 Builds (once; reused when the file exists) a mirror of at least --messages messages from the
 simulator's generator, written through the store's own save path (`Store.save_conversation`,
 the call a sync makes for every conversation) rather than over HTTP, which would only add
 request time. Then reports p50/p95 latency of typical searches, of `show` on a 300-message
-thread and of `stats`, and export throughput with the exporter's peak memory.
+thread and of `stats` (calls); of the whole `syncer` command, start-up included, run as a
+fresh process (commands); and export throughput with the exporter's peak memory (exports).
 """
 from __future__ import annotations
 
@@ -82,8 +84,7 @@ def _timed(fn, runs: int) -> tuple[float, float]:
         started = time.perf_counter()
         fn()
         times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
+    return _percentiles(times)
 
 
 def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[float, int, int]:
@@ -102,6 +103,50 @@ def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[floa
             raise SystemExit(f"export failed: {message}")
         rows = int(message.split()[0])
     return seconds, rows, usage.ru_maxrss // 1024
+
+
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
+
+
+def _command(argv: list[str]) -> float:
+    """Wall milliseconds of one whole `syncer` process, output discarded."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()}")
+    return elapsed
+
+
+def measure_commands(path: str, runs: int) -> list[str]:
+    """The real command line, as a user runs it: the console script next to this interpreter
+    (its modules byte-compiled first, as an installed package's are), one warm-up run each."""
+    import compileall
+    import syncer
+    compileall.compile_dir(Path(syncer.__file__).parent, quiet=1)
+    script = Path(sys.executable).with_name("syncer")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "syncer"]
+    cases = [
+        ("`python -c pass` (interpreter alone, for scale)", [sys.executable, "-c", "pass"]),
+        ("`syncer --help`", [*base, "--help"]),
+        *[(f"`syncer search {' '.join(words)}`",
+           [*base, "--db", path, "search", *words, "--format", "jsonl"])
+          for words in (["refund"], [RARE_WORD], ["refund", "billing"],
+                        ["refund", "--role", "user", "--since", "30d"],
+                        ["billing", "--conversation", THREAD_ID])],
+        ("`syncer show` (300-message thread)", [*base, "--db", path, "show", THREAD_ID,
+                                                 "--format", "json"]),
+        ("`syncer conversations`", [*base, "--db", path, "conversations", "--format", "jsonl"]),
+        ("`syncer status`", [*base, "--db", path, "status"]),
+    ]
+    lines = ["| command (fresh process) | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
+    for name, argv in cases:
+        _command(argv)
+        p50, p95 = _percentiles([_command(argv) for _ in range(runs)])
+        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
+    return lines
 
 
 def measure(path: str, runs: int) -> list[str]:
@@ -131,7 +176,11 @@ def measure(path: str, runs: int) -> list[str]:
         p50, p95 = _timed(fn, n)
         lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
     store.close()
-    lines += ["", "| export | rows | seconds | rows/s | peak RSS MiB |",
+    return lines
+
+
+def measure_exports(path: str) -> list[str]:
+    lines = ["| export | rows | seconds | rows/s | peak RSS MiB |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for table, fmt, extra in [("messages", "csv", ["--since", "2024-05-01"]),
                               ("messages", "csv", []), ("messages", "jsonl", []),
@@ -147,6 +196,8 @@ def main() -> None:
     parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "bench-read.db"))
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--sections", default="calls,commands,exports",
+                        help="Comma-separated: calls, commands, exports.")
     args = parser.parse_args()
     if not Path(args.db).exists():
         print(f"building {args.db} ...", file=sys.stderr)
@@ -154,7 +205,11 @@ def main() -> None:
         held = build(args.db, args.messages)
         print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)
-    print("\n".join(measure(args.db, args.runs)))
+    sections = {"calls": lambda: measure(args.db, args.runs),
+                "commands": lambda: measure_commands(args.db, args.runs),
+                "exports": lambda: measure_exports(args.db)}
+    for name in args.sections.split(","):
+        print("\n".join(sections[name]()) + "\n")
     print(f"\n(peak RSS of this process: "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import sys
 
 import click
@@ -16,13 +15,13 @@ import click
 from . import query, render
 from .cli import App, main, pass_app
 from .export import FORMATS, TABLES, check_format, export, private_output
-from .store import Store
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
 
 
 @contextlib.contextmanager
 def _open(app: App):
+    from .store import Store  # here: `--help` and usage errors never need it
     store = Store.open_readonly(app.settings().db_path)
     try:
         yield store
@@ -81,6 +80,7 @@ def _fmt(fmt: str | None, piped: str) -> str:
 
 
 def _term_width() -> int:
+    import shutil
     return shutil.get_terminal_size((120, 24)).columns
 
 

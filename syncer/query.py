@@ -14,11 +14,14 @@ import re
 import sqlite3
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from .config import parse_duration
 from .errors import SyncerError
-from .store import Store
 from .transform import JSON_FIELDS, format_instant
+
+if TYPE_CHECKING:
+    from .store import Store
 
 HIDDEN = ("_raw", "_list_sig")  # bookkeeping columns no reader needs
 MARK = ("\ue000", "\ue001")  # snippet highlight markers; renderers replace them

@@ -16,12 +16,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from . import migrations
 from .errors import StoreError
 from .transform import CONVERSATION_FIELDS, DETAIL_FIELDS, MESSAGE_FIELDS, format_instant
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 CONVERSATION_FTS = ("subject", "participantName", "participantEmail")
 CONVERSATION_COLUMNS = CONVERSATION_FIELDS + DETAIL_FIELDS + ("_raw",)
@@ -64,9 +66,10 @@ class Stored:
 
 
 class Store:
-    def __init__(self, db: sqlite_utils.Database, path: str):
-        self.db = db
-        self.conn: sqlite3.Connection = db.conn
+    def __init__(self, conn: sqlite3.Connection, path: str,
+                 db: sqlite_utils.Database | None = None):
+        self.db = db  # None when read-only: readers skip importing sqlite-utils (start-up time)
+        self.conn = conn
         self.path = path
         self._lock = threading.RLock()
 
@@ -91,7 +94,8 @@ class Store:
             migrations.migrate(conn)
         except sqlite3.DatabaseError as e:
             raise StoreError(f"cannot open database {path}: {e}") from None
-        return cls(sqlite_utils.Database(conn), path)
+        import sqlite_utils
+        return cls(conn, path, sqlite_utils.Database(conn))
 
     @classmethod
     def open_readonly(cls, path: str) -> "Store":
@@ -112,7 +116,7 @@ class Store:
             raise StoreError(f"{path} has schema version {version}, newer than this syncer")
         if version < migrations.LATEST:
             raise StoreError(f"{path} has an older schema; run `syncer sync` once to upgrade it")
-        return cls(sqlite_utils.Database(conn), path)
+        return cls(conn, path)
 
     def close(self) -> None:
         self.conn.close()
