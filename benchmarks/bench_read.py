@@ -13,6 +13,7 @@ fresh process (commands); and export throughput with the exporter's peak memory 
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import resource
 import statistics
@@ -133,8 +134,9 @@ def measure_commands(path: str, runs: int) -> list[str]:
         ("`syncer --help`", [*base, "--help"]),
         *[(f"`syncer search {' '.join(words)}`",
            [*base, "--db", path, "search", *words, "--format", "jsonl"])
-          for words in (["refund"], [RARE_WORD], ["refund", "billing"],
+          for words in ([RARE_WORD], ["refund"], ["refund", "billing"],
                         ["refund", "--role", "user", "--since", "30d"],
+                        ["refund", "--conversation", THREAD_ID],
                         ["billing", "--conversation", THREAD_ID])],
         ("`syncer show` (300-message thread)", [*base, "--db", path, "show", THREAD_ID,
                                                  "--format", "json"]),
@@ -149,23 +151,39 @@ def measure_commands(path: str, runs: int) -> list[str]:
     return lines
 
 
+def searches():
+    """The query shapes of the read benchmark: (name, words, filters, scoring)."""
+    from syncer.query import Filters, Scoring, parse_time
+    month = parse_time("30d")
+    return [
+        (f"rare word `{RARE_WORD}`", RARE_WORD, Filters(), Scoring()),
+        ("`refund` (78,543 matches)", "refund", Filters(), Scoring()),
+        ("`the`", "the", Filters(), Scoring()),
+        ("`you` (147,758 matches)", "you", Filters(), Scoring()),
+        ("`refund billing`", "refund billing", Filters(), Scoring()),
+        ("`refund --role user --since 30d` (no hits)", "refund",
+         Filters(role=("user",), since=month), Scoring()),
+        ("`refund --conversation <300-message thread>` (no hits)", "refund",
+         Filters(conversation=THREAD_ID), Scoring()),
+        ("`billing --conversation <300-message thread>` (300 hits)", "billing",
+         Filters(conversation=THREAD_ID), Scoring()),
+        ("`refund --status open --role user`", "refund",
+         Filters(status=("open",), role=("user",)), Scoring()),
+        ("`café --since 2024-05-01`", "café",
+         Filters(since="2024-05-01T00:00:00.000000Z"), Scoring()),
+        ("`refund --participant 'no such person'` (no hits)", "refund",
+         Filters(participant="no such person"), Scoring()),
+        ("`refund --exact` (every match scored)", "refund", Filters(), Scoring(exact=True)),
+    ]
+
+
 def measure(path: str, runs: int) -> list[str]:
     from syncer import query
     store = Store.open_readonly(path)
     lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
-    cases = [
-        ("search common word `refund`", lambda: query.search(store, "refund")),
-        ("search common word `the`", lambda: query.search(store, "the")),
-        (f"search rare word `{RARE_WORD}`", lambda: query.search(store, RARE_WORD)),
-        ("search two words `refund billing`", lambda: query.search(store, "refund billing")),
-        ("search `refund` --status open --role user", lambda: query.search(
-            store, "refund", query.Filters(status=("open",), role=("user",)))),
-        ("search `café` --since 2024-05-01", lambda: query.search(
-            store, "café", query.Filters(since="2024-05-01T00:00:00.000000Z"))),
-        ("search `refund` --conversation (300-message thread)", lambda: query.search(
-            store, "billing", query.Filters(conversation=THREAD_ID))),
-        ("show a 300-message thread", lambda: query.show(store, THREAD_ID)),
-    ]
+    cases = [(f"search {name}", lambda w=words, f=filters, s=scoring: query.search(
+        store, w, f, scoring=s)) for name, words, filters, scoring in searches()]
+    cases.append(("show a 300-message thread", lambda: query.show(store, THREAD_ID)))
     for name, fn in cases:
         p50, p95 = _timed(fn, runs)
         lines.append(f"| {name} | {p50:.1f} | {p95:.1f} |")
@@ -175,6 +193,46 @@ def measure(path: str, runs: int) -> list[str]:
                 store, query.Filters(since="2024-05-01T00:00:00.000000Z")), 5)]:
         p50, p95 = _timed(fn, n)
         lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
+    store.close()
+    return lines
+
+
+RELEVANCE_QUERIES = [
+    "refund", "the", "order", "payment", "login", "browser", "tracking", "failed", "token",
+    "ticket", "agent", "support", "calendar", "update", "thanks", "customer",
+    "you", "can", "it", "in", "t",
+    "you can", "it up", "refund you", "order can",
+    "refund billing", "login failed", "password reset",
+    RARE_WORD, "agent support ticket",
+]
+
+
+def measure_relevance(path: str, runs: int) -> list[str]:
+    """The default policy's top 20 against exact bm25's, message hits only (`--in messages`):
+    how many of the 20 are the same, and where the worst of them stands in the exact ranking
+    (its position among all matches, ties counted as one place, in % of the matches)."""
+    from syncer import query
+    store = Store.open_readonly(path)
+    conn = store.conn
+    lines = ["| query | matches | same in top 20 | worst of top 20, exact position | "
+             "in top 1 % | default p50 ms | exact p50 ms |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    exact_scoring = query.Scoring(exact=True)
+    for words in RELEVANCE_QUERIES:
+        phrases = query.fts_phrases(words)
+        scores = sorted(r for (r,) in conn.execute(
+            "SELECT bm25(messages_fts) FROM messages_fts WHERE messages_fts MATCH ?",
+            (phrases,)))
+        top = query.search(store, words, scope="messages")
+        exact = query.search(store, words, scope="messages", scoring=exact_scoring)
+        same = len({h["id"] for h in top} & {h["id"] for h in exact})
+        worst = max(bisect.bisect_left(scores, h["rank"]) + 1 for h in top)
+        share = 100 * worst / len(scores)
+        fast, _ = _timed(lambda: query.search(store, words, scope="messages"), runs)
+        slow, _ = _timed(lambda: query.search(store, words, scope="messages",
+                                              scoring=exact_scoring), runs)
+        lines.append(f"| `{words}` | {len(scores):,} | {same} | {worst:,} ({share:.2f} %) | "
+                     f"{'yes' if share <= 1 else '**no**'} | {fast:.1f} | {slow:.1f} |")
     store.close()
     return lines
 
@@ -197,7 +255,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--sections", default="calls,commands,exports",
-                        help="Comma-separated: calls, commands, exports.")
+                        help="Comma-separated: calls, commands, relevance, exports.")
     args = parser.parse_args()
     if not Path(args.db).exists():
         print(f"building {args.db} ...", file=sys.stderr)
@@ -206,6 +264,7 @@ def main() -> None:
         print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)
     sections = {"calls": lambda: measure(args.db, args.runs),
+                "relevance": lambda: measure_relevance(args.db, 5),
                 "commands": lambda: measure_commands(args.db, args.runs),
                 "exports": lambda: measure_exports(args.db)}
     for name in args.sections.split(","):

@@ -108,18 +108,22 @@ SEARCH_COLUMNS = [("createdAt", "time"), ("role", "role"), ("participantName", "
 @click.option("--in", "scope", type=click.Choice(["all", "messages", "conversations"]),
               default="all", show_default=True,
               help="Search message content, conversation subject/participant, or both.")
+@click.option("--exact", is_flag=True,
+              help=f"Score every match, even past {query.EXACT_UP_TO:,} (slower).")
 @paging_options(20, minimum=1, help_limit="At most this many hits.")
 @filter_options
 @format_option()
 @pass_app
-def search(app: App, words, fts, scope, limit, offset, filters, fmt):
+def search(app: App, words, fts, scope, exact, limit, offset, filters, fmt):
     """Full-text search of the mirror, best match (bm25) first, newest first on ties.
 
     WORDS are plain words that must all appear (punctuation is just a separator); a hit on a
-    conversation's subject or participant is a row of its own with kind "conversation"."""
+    conversation's subject or participant is a row of its own with kind "conversation".
+    When the words match more than 10,000 messages (or conversations), only the newest 5,000
+    matches are scored and come first; the rest follow, newest first (--exact scores all)."""
     with _open(app) as store:
         hits = query.search(store, " ".join(words), filters, limit=limit, offset=offset,
-                            fts=fts, scope=scope)
+                            fts=fts, scope=scope, scoring=query.Scoring(exact=exact))
     _emit_rows(hits, fmt, SEARCH_COLUMNS)
 
 
