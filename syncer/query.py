@@ -238,7 +238,7 @@ def search(store: Store, text: str, filters: Filters = Filters(), *, limit: int 
     if not query.strip():
         return []
     want = offset + limit
-    participants = _Participants(conn, filters)
+    participants = _Participants(conn, filters, scoring.drive_up_to)
     indexes = []
     if scope in ("all", "messages"):
         indexes.append(_message_index(conn, filters, scoring, participants))
@@ -347,18 +347,29 @@ def _execute(conn, sql: str, args: list, query: str) -> sqlite3.Cursor:
 # listed rowid up, a far slower plan). So a filter that leaves nothing costs no more than one
 # that leaves everything. Each candidate list is counted first, up to the cap.
 class _Participants:
-    """Rowids and ids of the conversations the participant filter keeps: one scan of the
-    conversations, made at most once per search and only when asked for."""
+    """Rowids and ids of the conversations the participant filter keeps, up to `cap` + 1 of
+    them: one scan of the conversations (it stops early when many match), made at most once
+    per search and only when asked for."""
 
-    def __init__(self, conn, filters: Filters):
-        self.conn, self.filters, self._rows = conn, filters, None
+    def __init__(self, conn, filters: Filters, cap: int):
+        self.conn, self.filters, self.cap, self._rows = conn, filters, cap, None
 
     def rows(self) -> list[tuple[int, str]]:
         if self._rows is None:
             clause, args = self.filters.participant_sql()
             self._rows = self.conn.execute(
-                f"SELECT c.rowid, c.id FROM conversations c WHERE {clause}", args).fetchall()
+                f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
+                [*args, self.cap + 1]).fetchall()
         return self._rows
+
+    def few(self) -> bool:
+        return len(self.rows()) <= self.cap
+
+    def ids(self) -> list[str]:
+        return [cid for _, cid in self.rows()]
+
+    def rowids(self) -> list[int]:
+        return [rowid for rowid, _ in self.rows()]
 
 
 def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
@@ -382,7 +393,7 @@ def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _I
                            f"WHERE c.status IN ({_marks(filters.status)})", list(filters.status)))
     return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
         "SELECT rowid AS r FROM messages WHERE conversationId IN (SELECT value FROM json_each(?))",
-        [json.dumps([cid for _, cid in participants.rows()])])))
+        [json.dumps(participants.ids())]) if participants.few() else None))
 
 
 def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
@@ -403,20 +414,21 @@ def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) 
                            f"WHERE status IN ({_marks(filters.status)})", list(filters.status)))
     return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
         "SELECT value AS r FROM json_each(?)",
-        [json.dumps([rowid for rowid, _ in participants.rows()])])))
+        [json.dumps(participants.rowids())]) if participants.few() else None))
 
 
 def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant) -> _Index:
     """`index` scoped to the smallest candidate list if one is small enough. The participant's
-    (`participant()`, a scan of every conversation) is tried only when no other is."""
+    (`participant()`, a scan of the conversations; None when they are too many) is tried only
+    when no other is small enough."""
     def counted(sql, args):
         n, low, high = conn.execute(f"SELECT count(*), min(r), max(r) FROM ({sql} LIMIT ?)",
                                     [*args, scoring.drive_up_to + 1]).fetchone()
         return (n, low, high, sql, args) if n <= scoring.drive_up_to else None
 
     small = [c for c in (counted(sql, args) for sql, args in candidates) if c]
-    if not small and participant:
-        small = [c for c in [counted(*participant())] if c]
+    if not small and participant and (listed := participant()):
+        small = [c for c in [counted(*listed)] if c]
     if not small:
         return index
     n, low, high, sql, args = min(small, key=lambda c: c[0])
