@@ -14,6 +14,7 @@ import click
 
 from . import query, render
 from .cli import App, main, pass_app
+from .errors import ConfigError
 from .export import FORMATS, TABLES, check_format, export, private_output
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
@@ -236,3 +237,28 @@ def export_command(app: App, table, fmt, output, filters):
         n = export(store, table, fmt, out, filters)
     if output != "-":
         click.echo(f"{n} {table} written to {output}", err=True)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
+@click.option("--metadata", "print_metadata", is_flag=True,
+              help="Print the Datasette metadata (JSON) and exit, to run datasette yourself.")
+@pass_app
+def serve(app: App, host, port, print_metadata):
+    """Browse the mirror in Datasette: search ranked best first (the canned query `search`),
+    facets on status, surface and role, and a thread view (`thread`)."""
+    import importlib.util
+
+    from . import serve as serving
+    path = app.settings().db_path
+    with _open(app):
+        pass  # a missing or foreign file is an error here, with its exit code
+    name = serving.database_name(path)
+    if print_metadata:
+        render.dump_json(serving.metadata(name), sys.stdout)
+        return
+    if importlib.util.find_spec("datasette") is None:
+        raise ConfigError("Datasette is not installed: pip install 'syncer[serve]'")
+    click.echo(f"Datasette on http://{host}:{port}/{name} (Ctrl-C stops it)", err=True)
+    serving.serve(path, host=host, port=port)
