@@ -291,13 +291,17 @@ def _walk(conn, index: _Index, query: str, want: int, scoring: Scoring) -> list[
     boundary = None
     if not scoring.exact and (index.scope_size is None
                               or index.scope_size > scoring.exact_up_to):
-        def nth_newest(n: int) -> int | None:
-            row = _execute(conn, f"SELECT rowid FROM {index.fts} WHERE {match} "
-                                 "ORDER BY rowid DESC LIMIT 1 OFFSET ?", [*args, n - 1],
-                           query).fetchone()
+        def nth_newest(n: int, below: int | None = None) -> int | None:
+            """The n-th newest match (below `below`): FTS5 walks the matches newest first."""
+            row = _execute(conn, f"SELECT rowid FROM {index.fts} WHERE {match}"
+                                 f"{'' if below is None else ' AND rowid < ?'} "
+                                 "ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                           [*args, *([] if below is None else [below]), n - 1], query).fetchone()
             return row and row[0]
-        if nth_newest(scoring.exact_up_to + 1) is not None:
-            boundary = nth_newest(scoring.newest_scored)
+        last_scored = nth_newest(scoring.newest_scored)
+        if last_scored is not None and nth_newest(
+                scoring.exact_up_to + 1 - scoring.newest_scored, below=last_scored) is not None:
+            boundary = last_scored
     ranked = _execute(conn, f"SELECT rowid, bm25({index.fts}) AS r FROM {index.fts} "
                             f"WHERE {match}{'' if boundary is None else ' AND rowid >= ?'} "
                             "ORDER BY r", args + ([] if boundary is None else [boundary]), query)

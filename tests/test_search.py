@@ -206,12 +206,20 @@ def users(db):
     return {r["id"] for r in rows(db, "SELECT id FROM messages WHERE role = 'user'")}
 
 
-def test_up_to_the_threshold_every_match_is_scored(db, store):
-    n = len(scan_messages(db, "café")) + len(scan_conversations(db, "café"))
-    assert n > 3
-    exact = [(h["kind"], h["id"]) for h in found(store, "café", scoring=Scoring(exact=True))]
-    at_threshold = found(store, "café", scoring=Scoring(exact_up_to=n, newest_scored=1))
-    assert [(h["kind"], h["id"]) for h in at_threshold] == exact
+def test_the_threshold_is_the_number_of_matches_in_scope(db, store):
+    """Up to `exact_up_to` matches in an index, all are scored; one more and it is capped."""
+    most = max(len(scan_matches(db, "messages", "café", ["content"])),
+               len(scan_matches(db, "conversations", "café",
+                                ["subject", "participantName", "participantEmail"])))
+    assert most > 3
+
+    def order(scoring):
+        return [(h["kind"], h["id"]) for h in found(store, "café", scoring=scoring)]
+    exact = order(Scoring(exact=True))
+    assert order(Scoring(exact_up_to=most, newest_scored=1)) == exact
+    capped = order(Scoring(exact_up_to=most - 1, newest_scored=1))
+    assert capped == capped_order(db, store, "café", lambda m: not m[4], lambda m: True,
+                                  most - 1, 1) != exact
 
 
 def test_snippet_marks_the_words(store):
