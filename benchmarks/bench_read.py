@@ -195,12 +195,20 @@ def measure(path: str, runs: int) -> list[str]:
             (query.fts_phrases(words),)).fetchone()[0]
         p50, p95 = _timed(fn, runs)
         lines.append(f"| {name} | {f'{matches:,}' if words else ''} | {p50:.1f} | {p95:.1f} |")
+    store.close()
+    return lines
+
+
+def measure_stats(path: str) -> list[str]:
+    from syncer import query
+    store = Store.open_readonly(path)
+    lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
     for name, fn, n in [
             ("stats, whole mirror", lambda: query.stats(store), 3),
             ("stats --since 2024-05-01", lambda: query.stats(
                 store, query.Filters(since="2024-05-01T00:00:00.000000Z")), 5)]:
         p50, p95 = _timed(fn, n)
-        lines.append(f"| {name} | | {p50:.0f} | {p95:.0f} |")
+        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
     store.close()
     return lines
 
@@ -266,8 +274,8 @@ def main() -> None:
     parser.add_argument("--grow-from", metavar="DB",
                         help="Build --db as a copy of this mirror plus --messages more.")
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--sections", default="calls,commands,exports",
-                        help="Comma-separated: calls, commands, relevance, exports.")
+    parser.add_argument("--sections", default="calls,stats,commands,relevance,exports",
+                        help="Comma-separated: calls, stats, commands, relevance, exports.")
     args = parser.parse_args()
     if args.grow_from and not Path(args.db).exists():
         print(f"growing a copy of {args.grow_from} into {args.db} ...", file=sys.stderr)
@@ -282,6 +290,7 @@ def main() -> None:
         print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)
     sections = {"calls": lambda: measure(args.db, args.runs),
+                "stats": lambda: measure_stats(args.db),
                 "relevance": lambda: measure_relevance(args.db, 5),
                 "commands": lambda: measure_commands(args.db, args.runs),
                 "exports": lambda: measure_exports(args.db)}
