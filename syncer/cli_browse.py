@@ -1,4 +1,4 @@
-"""Read commands over the local mirror: search, show, conversations, stats, export.
+"""Read commands over the local mirror: search, show, conversations, stats, export, serve.
 
 They need no API key and no network, open the database read-only (a missing or foreign file is
 an error, exit 2, and is never created), and default to a table on a terminal and to JSON Lines

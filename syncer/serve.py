@@ -7,8 +7,8 @@ optional `status`, `surface` (id or type) and `role` parameters (empty: any). It
 escaped by Datasette's `escape_fts`, so punctuation is searched, not parsed. It ranks every
 match (like `syncer search --exact`): the 200 best are picked first, reading only each
 match's message row, and only those get their conversation and a snippet (about 0.4 s for a
-word in 78,000 messages), so `serve` raises Datasette's one-second query limit. Datasette needs the optional extra:
-pip install 'syncer[serve]'.
+word in 78,000 messages), so `serve` raises Datasette's one-second query limit. Datasette
+needs the optional extra: pip install 'syncer[serve]'.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """`syncer search`: results equal a direct scan of the data, every filter, ranking, formats,
 on every path: every match scored, only the newest scored (thresholds made small here), and
 filters that narrow the scope or are applied after ranking."""
+import functools
 import json
 import unicodedata
 
@@ -372,3 +373,17 @@ def test_a_filter_that_leaves_nothing_does_not_walk_the_matches(store, name):
     rare_none, none_either = work(store, "Οδυσσέας", NOTHING_LEFT[name])
     assert none == none_either == []
     assert common_none <= rare_none + 3, (common_none, rare_none)
+
+
+def test_cli_exact_scores_every_match(db, store, monkeypatch):
+    from syncer import query
+    small = functools.partial(Scoring, exact_up_to=5, newest_scored=3)
+    monkeypatch.setattr(query, "Scoring", small)  # as the command builds it
+
+    def ids(*flags):
+        result = cli(db, "search", "refund", *flags, "--format", "json", "--limit", "30")
+        assert result.exit_code == 0, result.output
+        return [h["id"] for h in json.loads(result.output)]
+    exact = [h["id"] for h in search(store, "refund", limit=30, scoring=Scoring(exact=True))]
+    capped = [h["id"] for h in search(store, "refund", limit=30, scoring=small())]
+    assert ids("--exact") == exact != capped == ids()
