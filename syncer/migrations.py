@@ -144,7 +144,72 @@ CREATE TABLE IF NOT EXISTS _purges (
 );
 """
 
-MIGRATIONS: list[str] = [V1, V2]
+# The change feed (feed.py): every write of a row of conversations or messages stamps it with
+# the next value of one counter, in the same statement's transaction, so `_seq` only grows and a
+# reader that saw everything up to N has seen every change up to N (SQLite has one writer; a
+# counter value is committed with its row). A row deleted outright leaves a tombstone in
+# _deleted_rows with the counter value of its deletion; writing the id again removes it, so an
+# id is live or tombstoned, never both. Triggers, so every writer (sync, verify --fix, purge)
+# is covered without knowing of the feed. The inner UPDATE does not fire its own trigger again
+# (recursive_triggers is off, SQLite's default, and the WHEN clause says so too).
+_NOW = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')"  # as transform.format_instant
+
+
+def _seq_triggers(table: str, parent: str) -> str:
+    bump = "UPDATE _seq_counter SET value = value + 1 WHERE id = 1;"
+    stamp = (f"UPDATE {table} SET _seq = (SELECT value FROM _seq_counter WHERE id = 1) "
+             "WHERE rowid = NEW.rowid;")
+    return f"""
+CREATE TRIGGER {table}_seq_insert AFTER INSERT ON {table}
+BEGIN {bump} {stamp}
+  DELETE FROM _deleted_rows WHERE tbl = '{table}' AND id = NEW.id; END;
+CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} WHEN NEW._seq IS OLD._seq
+BEGIN {bump} {stamp} END;
+CREATE TRIGGER {table}_seq_delete AFTER DELETE ON {table}
+BEGIN {bump}
+  INSERT INTO _deleted_rows (tbl, id, conversationId, createdAt, _seq, _deleted_at)
+  VALUES ('{table}', OLD.id, OLD.{parent}, OLD.createdAt,
+          (SELECT value FROM _seq_counter WHERE id = 1), {_NOW})
+  ON CONFLICT (tbl, id) DO UPDATE SET conversationId = excluded.conversationId,
+    createdAt = excluded.createdAt, _seq = excluded._seq, _deleted_at = excluded._deleted_at;
+END;
+"""
+
+
+V3 = f"""
+CREATE TABLE _seq_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+CREATE TABLE _deleted_rows (
+    tbl TEXT NOT NULL,
+    id TEXT NOT NULL,
+    conversationId TEXT,
+    createdAt TEXT,
+    _seq INTEGER NOT NULL,
+    _deleted_at TEXT NOT NULL,
+    PRIMARY KEY (tbl, id)
+);
+CREATE INDEX idx_deleted_rows_seq ON _deleted_rows (tbl, _seq);
+CREATE TABLE _consumers (
+    name TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0,
+    exports INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT,
+    PRIMARY KEY (name, tbl)
+);
+ALTER TABLE conversations ADD COLUMN _seq INTEGER;
+ALTER TABLE messages ADD COLUMN _seq INTEGER;
+UPDATE conversations SET _seq = rowid;
+UPDATE messages SET _seq = rowid + (SELECT coalesce(max(rowid), 0) FROM conversations);
+INSERT INTO _seq_counter (id, value) VALUES (1, max(
+    (SELECT coalesce(max(_seq), 0) FROM conversations),
+    (SELECT coalesce(max(_seq), 0) FROM messages)));
+CREATE INDEX idx_conversations_seq ON conversations (_seq);
+CREATE INDEX idx_messages_seq ON messages (_seq);
+{_seq_triggers("conversations", "id")}
+{_seq_triggers("messages", "conversationId")}
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3]
 LATEST = len(MIGRATIONS)
 
 
