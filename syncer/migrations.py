@@ -213,8 +213,9 @@ MIGRATIONS: list[str] = [V1, V2, V3]
 LATEST = len(MIGRATIONS)
 
 
-def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database made by syncer (or an empty one) up to LATEST, one version at a time."""
+def check_ours(conn: sqlite3.Connection) -> int:
+    """The schema version of a database syncer made (0: an empty file); StoreError, before
+    anything is written to it, for any other database or a newer schema."""
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     if version > LATEST:
@@ -225,6 +226,12 @@ def migrate(conn: sqlite3.Connection) -> None:
     if foreign:
         raise StoreError("this database was not made by syncer; "
                          "point --db at a new file or at a syncer mirror")
+    return version
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by syncer (or an empty one) up to LATEST, one version at a time."""
+    version = check_ours(conn)
     for target in range(version + 1, LATEST + 1):
         # one script, one transaction: SQLite parses the statements (triggers included)
         try:

@@ -99,6 +99,7 @@ class Store:
         try:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
+            migrations.check_ours(conn)       # a file not ours is refused untouched
             cls._check_intact(conn, path)
             cls._check_writable(conn)
             conn.execute("PRAGMA journal_mode=WAL")

@@ -148,7 +148,8 @@ class Sync:
         except SyncerError as e:
             summary.outcome, summary.error = "failed", str(e)
         except sqlite3.Error as e:
-            summary.outcome, summary.error = "failed", f"the database failed: {e}"
+            summary.outcome, summary.error = "failed", str(self.store.error_for(self.store.path,
+                                                                                e))
         except BaseException as e:
             summary.outcome, summary.error = "interrupted", type(e).__name__
             self._finish(summary, before, walk.started, started)
@@ -160,9 +161,12 @@ class Sync:
                 started: float) -> None:
         after = self.client.counters.snapshot()
         api_counts = {k: after[k] - before[k] for k in after}
-        self.store.finish_run(summary.run_id, summary.outcome, error=summary.error,
-                              walk_started_at=walk_started, watermark=summary.watermark,
-                              early_stop=summary.early_stop, counts=api_counts)
+        try:
+            self.store.finish_run(summary.run_id, summary.outcome, error=summary.error,
+                                  walk_started_at=walk_started, watermark=summary.watermark,
+                                  early_stop=summary.early_stop, counts=api_counts)
+        except sqlite3.Error as e:   # the run stays "running": the next one closes it as killed
+            raise self.store.error_for(self.store.path, e) from None
         summary.counts = {**self._counts, **api_counts}
         summary.gaps = self.store.gaps()
         summary.seconds = time.monotonic() - started

@@ -5,8 +5,11 @@ import sqlite3
 import threading
 from datetime import timedelta
 
+import pytest
+
 from support import assert_as_of, settings_for
 
+from syncer.errors import LockedError
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
 from syncer.simulator.app import HTTPError
@@ -216,3 +219,64 @@ def test_a_server_without_a_date_header_and_a_slow_clock_loses_nothing(tmp_path)
         again = run_sync(settings)
         assert again.exit_code == 0 and again.early_stop
         assert_as_of(db, upstream.snapshot(), whole_walk=False)
+
+
+def test_a_partial_whole_walk_does_not_reset_the_reconcile_timer(tmp_path):
+    upstream = generate(seed=15, conversations=60, messages_per_conversation=2,
+                        big_conversations=0, message_bumps_updated=True)
+    behaviour = Behaviour(message_bumps_updated=True)
+    upstream.behaviour = behaviour
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        settings = settings_for(server, db, page_size=20, max_retries=0)
+        broken = upstream.conversation_ids()[0]
+        upstream.update_conversation(broken, subject="its details fail")
+
+        def fail_it(method, path, query):
+            if path == f"{LIST}/{broken}":
+                raise HTTPError(500, "internal_error", "down for this one")
+        behaviour.on_request = fail_it
+        first = run_sync(settings)
+        assert first.mode == "full" and first.outcome == "partial"
+        behaviour.on_request = None
+        again = run_sync(settings)          # the deletions of a whole walk are still owed
+        assert again.mode == "full" and again.exit_code == 0
+        assert run_sync(settings).mode == "incremental"
+
+
+def test_a_database_error_in_a_fetch_thread_is_one_line_and_loses_nothing(tmp_path,
+                                                                         monkeypatch):
+    """Another process holds the database's write lock (sqlite3 on the command line, say)
+    while conversations are fetched: the run fails with one line, the next converges."""
+    from syncer.store import Store
+    real_open = Store.open.__func__
+
+    def impatient(cls, path):
+        store = real_open(cls, path)
+        store.conn.execute("PRAGMA busy_timeout = 200")
+        return store
+    monkeypatch.setattr(Store, "open", classmethod(impatient))
+    upstream = generate(seed=16, conversations=30, messages_per_conversation=2,
+                        big_conversations=0)
+    behaviour = Behaviour()
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        assert run_sync(settings_for(server, db)).exit_code == 0
+        for cid in upstream.conversation_ids()[:10]:
+            upstream.add_message(cid, "while the database is locked")
+        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+
+        def lock_while_fetching(method, path, query):
+            if path.endswith("/messages") and not holder.in_transaction:
+                holder.execute("BEGIN IMMEDIATE")
+        behaviour.on_request = lock_while_fetching
+        with pytest.raises(LockedError) as failed:
+            run_sync(settings_for(server, db))
+        behaviour.on_request = None
+        holder.execute("ROLLBACK")
+        holder.close()
+        assert "stayed locked by another process" in str(failed.value)
+        assert "\n" not in str(failed.value) and failed.value.exit_code == 4
+        again = run_sync(settings_for(server, db))
+        assert again.exit_code == 0
+        assert_as_of(db, upstream.snapshot())

@@ -192,3 +192,44 @@ def test_reconcile_checks_only_the_scope_one_request_each(tmp_path):
                    if p.startswith(LIST + "/") and not p.endswith("/messages")]
         assert details == [f"{LIST}/{open_ids[0]}"]      # out of scope: not fetched at all
         assert_exact(db, upstream)
+
+
+def test_a_file_syncer_did_not_make_is_refused_byte_for_byte(tmp_path):
+    foreign = tmp_path / "other.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.execute("INSERT INTO notes VALUES ('keep me')")
+    conn.commit()
+    conn.close()
+    before = digest(foreign)
+    upstream = generate(seed=59, conversations=5, big_conversations=0)
+    with SimulatorServer(upstream, Behaviour()) as server:
+        for command in (["sync"], ["verify"], ["verify", "--fix"]):
+            r = run(["--db", str(foreign), *command], server)
+            assert r.returncode == 2 and "not made by syncer" in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1
+            assert digest(foreign) == before
+        assert server.count() == 0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["sync", "--max-delete", "ten"], "--max-delete: 'ten'"),
+    (["sync", "--max-delete", "150%"], "--max-delete: '150%'"),
+])
+def test_a_bad_max_delete_is_one_line_and_changes_nothing(synced, args, needle):
+    upstream, server, db = synced
+    before = digest(db)
+    r = run(["--db", str(db), *args], server)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {needle} is not a count or a percentage up to 100% (e.g. 50 or 10%)"]
+    assert digest(db) == before
+
+
+def test_a_bad_max_delete_in_the_config_file_is_one_line(tmp_path):
+    cfg = tmp_path / "syncer.toml"
+    cfg.write_text('[sync]\nmax_delete = "lots"\n')
+    upstream = generate(seed=60, conversations=5, big_conversations=0)
+    with SimulatorServer(upstream, Behaviour()) as server:
+        r = run(["--config", str(cfg), "--db", str(tmp_path / "m.db"), "sync"], server)
+    assert r.returncode == 2 and "[sync].max_delete" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.db").exists()
