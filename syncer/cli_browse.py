@@ -176,20 +176,47 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
 
 
 @main.command()
-@click.option("--per", type=click.Choice(["auto", "day", "week"]), default="auto",
+@click.option("--per", type=click.Choice(["auto", "day", "week", "month"]), default="auto",
               show_default=True, help="Bucket size of the message volume.")
 @filter_options
-@format_option(("table", "json"))
+@format_option(("table", "json", "csv"))
 @pass_app
 def stats(app: App, per, filters, fmt):
     """Counts by status, surface, role and direction; volume over time; median first-response
-    time; busiest participants. Messages are dated by createdAt, conversations by updatedAt."""
+    time; busiest participants. Messages are dated by createdAt, conversations by updatedAt.
+
+    --format csv gives the same numbers as rows of section,key,value for scripts."""
     with _open(app) as store:
         result = query.stats(store, filters, per=per)
-    if _fmt(fmt, "json") == "json":
+    fmt = _fmt(fmt, "json")
+    if fmt == "json":
         render.dump_json(result, sys.stdout)
-        return
-    click.echo(_stats_text(result))
+    elif fmt == "csv":
+        render.dump_csv(stats_rows(result), sys.stdout, ["section", "key", "value"])
+    else:
+        click.echo(_stats_text(result))
+
+
+def stats_rows(s: dict) -> list[dict]:
+    """The figures of `query.stats` as (section, key, value) rows: one per number."""
+    c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
+    rows = [("since", None, s["since"]), ("until", None, s["until"]),
+            ("conversations.total", None, c["total"]), ("messages.total", None, m["total"]),
+            ("messages.first", None, m["first"]), ("messages.last", None, m["last"]),
+            ("firstResponse.turns", None, fr["turns"]),
+            ("firstResponse.medianSeconds", None, fr["medianSeconds"])]
+    for section, items, key in (("conversations.byStatus", c["byStatus"], "status"),
+                                ("conversations.bySurface", c["bySurface"], "surfaceId"),
+                                ("messages.byRole", m["byRole"], "role"),
+                                ("messages.byDirection", m["byDirection"], "direction")):
+        rows += [(section, i[key], i["count"]) for i in items]
+    rows += [(f"volume.{s['volume']['per']}", b["start"], b["messages"])
+             for b in s["volume"]["buckets"]]
+    for p in s["busiestParticipants"]:
+        who = p["participantEmail"] or p["participantName"]
+        rows += [("busiestParticipants.messages", who, p["messages"]),
+                 ("busiestParticipants.conversations", who, p["conversations"])]
+    return [{"section": a, "key": b, "value": v} for a, b, v in rows]
 
 
 def _stats_text(s: dict) -> str:

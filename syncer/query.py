@@ -278,7 +278,8 @@ def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
           top: int = 10) -> dict:
     """Counts and simple analytics over the conversations and messages passing `filters`.
 
-    `per`: day, week (buckets start on Monday) or auto (day for up to 62 days, else week).
+    `per`: day, week (buckets start on Monday), month (buckets start on the 1st) or auto (day
+    for up to 62 days, else week).
     First response: for each user turn (a user message not preceded by another user message in
     its conversation), the time to the first later message whose role is not "user"; turns
     never answered are not counted."""
@@ -300,9 +301,10 @@ def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
         span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)) if first else None
         per = "day" if span is None or span <= timedelta(days=62) else "week"
     bucket = {"day": "substr(m.createdAt, 1, 10)",
-              "week": "date(m.createdAt, 'weekday 0', '-6 days')"}.get(per)
+              "week": "date(m.createdAt, 'weekday 0', '-6 days')",
+              "month": "substr(m.createdAt, 1, 7) || '-01'"}.get(per)
     if bucket is None:
-        raise QueryError(f"unknown period {per!r} (use day, week or auto)")
+        raise QueryError(f"unknown period {per!r} (use day, week, month or auto)")
     return {
         "since": filters.since, "until": filters.until,
         "conversations": {

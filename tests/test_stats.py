@@ -1,4 +1,6 @@
 """`syncer stats`: every figure recomputed in Python from the mirror's rows."""
+import csv
+import io
 import json
 import sqlite3
 import statistics
@@ -74,7 +76,7 @@ def expected(db, since=None, until=None, per="week"):
         if who:
             people[who] += 1
             threads.setdefault(who, set()).add(c["id"])
-    bucket = (lambda t: t[:10]) if per == "day" else week
+    bucket = {"day": lambda t: t[:10], "week": week, "month": lambda t: t[:7] + "-01"}[per]
     names = {}
     for c in (live[m["conversationId"]] for m in ms):
         who = (c["participantEmail"] or "").lower() or c["participantName"]
@@ -108,6 +110,8 @@ def test_stats_of_the_whole_mirror(db):
     ("2024-01-01T00:00:00.000000Z", None, "week"),
     (None, "2023-10-01T00:00:00.000000Z", "day"),
     ("2024-04-01T00:00:00.000000Z", "2024-05-01T00:00:00.000000Z", "day"),
+    (None, None, "month"),
+    ("2024-02-01T00:00:00.000000Z", "2024-03-01T00:00:00.000000Z", "month"),
 ])
 def test_stats_in_a_window(db, since, until, per):
     with _open(db) as store:
@@ -121,7 +125,7 @@ def test_auto_period_and_bad_period(db):
                                     "2024-05-01T00:00:00.000000Z"))["volume"]["per"] == "day"
         assert stats(store)["volume"]["per"] == "week"
         with pytest.raises(QueryError):
-            stats(store, per="month")
+            stats(store, per="year")
 
 
 _open = read_store
@@ -138,3 +142,22 @@ def test_cli_json_and_chart(db):
     assert "conversations by status" in chart and "median first response" in chart
     status_lines = chart.split("conversations by status\n")[1].split("\n\n")[0].splitlines()
     assert status_lines[0].rstrip().endswith("#" * 40)
+
+
+def test_cli_csv_has_the_numbers_of_the_json(db):
+    runner = CliRunner()
+    args = ["--db", db, "stats", "--per", "month", "--since", "2024-01-01"]
+    result = runner.invoke(main, args + ["--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    want = expected(db, "2024-01-01T00:00:00.000000Z", per="month")
+    value = {(r["section"], r["key"]): r["value"] for r in rows}
+    assert value[("conversations.total", "")] == str(want["conversations"]["total"])
+    assert value[("firstResponse.medianSeconds", "")] == str(
+        want["firstResponse"]["medianSeconds"])
+    assert [(r["key"], int(r["value"])) for r in rows if r["section"] == "volume.month"] == [
+        (b["start"], b["messages"]) for b in want["volume"]["buckets"]]
+    assert {(r["key"], int(r["value"])) for r in rows if r["section"] == "messages.byRole"} == {
+        (i["role"], i["count"]) for i in want["messages"]["byRole"]}
+    assert len([r for r in rows if r["section"] == "busiestParticipants.messages"]) == len(
+        want["busiestParticipants"])
