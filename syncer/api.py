@@ -198,6 +198,12 @@ class RuntypeClient:
             dated=bool(response.headers.get("date")),
         )
 
+    def probe(self) -> tuple[dict, httpx.Headers]:
+        """One list request for one conversation (`syncer doctor`): the body and the headers."""
+        body, response = self._get_json(CONVERSATIONS, {"limit": 1, "status": "all"},
+                                         "conversation_list_response")
+        return body, response.headers
+
     def get_conversation(self, cid: str) -> dict:
         body, _ = self._get_json(conversation_path(cid), {}, "conversation_detail_envelope")
         wrapped = body.get("data")

@@ -13,18 +13,22 @@ import sys
 
 import click
 
-from . import feed, query, render
-from .cli import App, main, pass_app
+from . import config, feed, known, query, render
+from .cli_context import App, Choice, command, pass_app
 from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
 from .store import Store
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
+STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuses
 
 
 @contextlib.contextmanager
-def _open(app: App):
+def _open(app: App, filters: query.Filters | None = None):
+    """The mirror, read-only; a surface or role in `filters` that it does not hold is an error."""
     store = Store.open_readonly(app.settings().db_path)
     try:
+        if filters is not None:
+            known.check(store, surface=filters.surface, role=filters.role)
         yield store
     finally:
         store.close()
@@ -33,7 +37,8 @@ def _open(app: App):
 def filter_options(f):
     """The filters every read command shares; they become a `query.Filters` named `filters`."""
     options = [
-        click.option("--status", multiple=True, help="Conversation status (repeatable)."),
+        click.option("--status", multiple=True, type=Choice(STATUSES),
+                     help="Conversation status (repeatable)."),
         click.option("--surface", multiple=True,
                      help="Surface id or type, e.g. surface_002 or email (repeatable)."),
         click.option("--role", multiple=True, help="Message role, e.g. user (repeatable)."),
@@ -71,7 +76,7 @@ def paging_options(limit: int, *, minimum: int, help_limit: str):
 
 
 def format_option(choices=render.LISTING_FORMATS):
-    return click.option("--format", "fmt", type=click.Choice(choices),
+    return click.option("--format", "fmt", type=Choice(choices),
                         help="Output format (default: table on a terminal, else "
                              f"{'jsonl' if 'jsonl' in choices else 'json'}).")
 
@@ -84,28 +89,33 @@ def _term_width() -> int:
     return shutil.get_terminal_size((120, 24)).columns
 
 
-def _emit_rows(rows: list[dict], fmt: str | None, columns: list[tuple[str, str]]) -> None:
+def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[str, str]],
+               shown: str | None = None) -> None:
+    """`rows` in `fmt`; on a terminal, `shown` (how many of how many) or "no matches" goes to
+    stderr, so that a cut list says so and piped output stays data."""
     fmt = _fmt(fmt, "jsonl")
     out = sys.stdout
+    if sys.stdout.isatty() and (shown or not rows):
+        click.echo(shown or "no matches", err=True)
     if fmt == "table":
-        tty = sys.stdout.isatty()
-        mark = BOLD if tty else ("[", "]")
+        color = app.use_color()
+        mark = BOLD if color else ("[", "]")
         click.echo(render.table(rows, columns, _term_width(),
-                                style=lambda s: render.marked(s, mark) + (BOLD[1] if tty else "")
-                                if query.MARK[0] in s else s))
+                                style=lambda s: render.marked(s, mark) + (BOLD[1] if color else "")
+                                if query.MARK[0] in s else s), color=color)
         return
     rows = render.plain_snippets(rows)
     {"json": render.dump_json, "jsonl": render.dump_jsonl, "csv": render.dump_csv}[fmt](rows, out)
 
 
-SEARCH_COLUMNS = [("createdAt", "time"), ("role", "role"), ("participantName", "participant"),
+SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time (UTC)"), ("role", "role"), ("participantName", "participant"),
                   ("subject", "subject"), ("snippet", "match")]
 
 
-@main.command()
+@command()
 @click.argument("words", nargs=-1, required=True)
 @click.option("--fts", is_flag=True, help="Pass WORDS to SQLite FTS5 as query syntax.")
-@click.option("--in", "scope", type=click.Choice(["all", "messages", "conversations"]),
+@click.option("--in", "scope", type=Choice(["all", "messages", "conversations"]),
               default="all", show_default=True,
               help="Search message content, conversation subject/participant, or both.")
 @paging_options(20, minimum=1, help_limit="At most this many hits.")
@@ -116,25 +126,48 @@ def search(app: App, words, fts, scope, limit, offset, filters, fmt):
     """Full-text search of the mirror, best match (bm25) first, newest first on ties.
 
     WORDS are plain words that must all appear (punctuation is just a separator); a hit on a
-    conversation's subject or participant is a row of its own with kind "conversation"."""
-    with _open(app) as store:
-        hits = query.search(store, " ".join(words), filters, limit=limit, offset=offset,
+    conversation's subject or participant is a row of its own with kind "conversation".
+
+    \b
+    Examples:
+      syncer search refund
+      syncer search "don't" C++ --role user --since 7d --limit 50
+      syncer search --fts 'refund NOT (billing OR invoice)' --format jsonl
+    """
+    with _open(app, filters) as store:
+        hits = query.search(store, " ".join(words), filters, limit=limit + 1, offset=offset,
                             fts=fts, scope=scope)
-    _emit_rows(hits, fmt, SEARCH_COLUMNS)
+    more = len(hits) > limit
+    shown = (f"showing {limit:,} of more than {limit:,} matches (use --limit or --offset)"
+             if more else None)
+    _emit_rows(app, hits[:limit], fmt, SEARCH_COLUMNS, shown)
 
 
-@main.command()
+@command()
 @click.argument("conversation_id")
 @format_option(("table", "json"))
+@click.option("--no-pager", is_flag=True,
+              help="Never page (by default a thread longer than the terminal goes to $PAGER).")
 @pass_app
-def show(app: App, conversation_id, fmt):
-    """Show one conversation: its header and every message in order."""
+def show(app: App, conversation_id, fmt, no_pager):
+    """Show one conversation: its header and every message in order.
+
+    \b
+    Examples:
+      syncer show conv_0123456789abcdef0123
+      syncer show conv_0123456789abcdef0123 --format json | jq .messages
+    """
     with _open(app) as store:
         thread = query.show(store, conversation_id)
     if _fmt(fmt, "json") == "json":
         render.dump_json(thread, sys.stdout)
         return
-    click.echo(_thread_text(thread))
+    text = _thread_text(thread)
+    if (not no_pager and sys.stdout.isatty()
+            and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
+        click.echo_via_pager(text)
+    else:
+        click.echo(text)
 
 
 def _thread_text(t: dict) -> str:
@@ -144,23 +177,23 @@ def _thread_text(t: dict) -> str:
     lines = [f"{t['subject'] or '(no subject)'}",
              f"  {t['id']}  {t['status']}  via {surface}",
              f"  participant: {t['participantName'] or ''} <{t['participantEmail'] or ''}>",
-             f"  created {t['createdAt']}  updated {t['updatedAt']}  "
-             f"last message {t['lastMessageAt'] or '-'}",
+             f"  created {render.when(t['createdAt'])}  updated {render.when(t['updatedAt'])}  "
+             f"last message {render.when(t['lastMessageAt'])}",
              f"  {count} messages, {complete}" +
              (f"; DELETED upstream at {t['_deleted_at']}" if t["_deleted_at"] else ""), ""]
     for m in t["messages"]:
-        lines.append(f"[{render._cell(m['createdAt'])}] {m['role']}:")
+        lines.append(f"[{render.when(m['createdAt'])}] {m['role']}:")
         lines += ["    " + line for line in (m["content"] or "").splitlines() or [""]]
     return "\n".join(lines)
 
 
-CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "status"),
+CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated (UTC)"), ("status", "status"),
                         ("surfaceId", "surface"), ("messageCount", "msgs"),
                         ("participantName", "participant"), ("subject", "subject")]
 
 
-@main.command("conversations")
-@click.option("--sort", type=click.Choice(list(query.SORTS)), default="updated",
+@command("conversations")
+@click.option("--sort", type=Choice(list(query.SORTS)), default="updated",
               show_default=True, help="Newest (or most messages) first.")
 @paging_options(50, minimum=0, help_limit="At most this many (0: all).")
 @filter_options
@@ -169,14 +202,25 @@ CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "stat
 def conversations_command(app: App, sort, limit, offset, filters, fmt):
     """List conversations (deleted ones only with --include-deleted).
 
-    --since/--until apply to updatedAt; --role keeps conversations with a message of that role."""
-    with _open(app) as store:
+    --since/--until apply to updatedAt; --role keeps conversations with a message of that role.
+
+    \b
+    Examples:
+      syncer conversations --status open --sort last-message
+      syncer conversations --surface email --since 7d --format csv > recent.csv
+    """
+    with _open(app, filters) as store:
         rows = query.conversations(store, filters, sort=sort, limit=limit or None, offset=offset)
-    _emit_rows(rows, fmt, CONVERSATION_COLUMNS)
+        shown = None
+        if sys.stdout.isatty() and limit and len(rows) == limit:
+            total = query.count_conversations(store, filters)
+            if total > offset + limit:
+                shown = f"showing {len(rows):,} of {total:,} (use --limit or --offset)"
+    _emit_rows(app, rows, fmt, CONVERSATION_COLUMNS, shown)
 
 
-@main.command()
-@click.option("--per", type=click.Choice(["auto", "day", "week", "month"]), default="auto",
+@command()
+@click.option("--per", type=Choice(["auto", "day", "week", "month"]), default="auto",
               show_default=True, help="Bucket size of the message volume.")
 @filter_options
 @format_option(("table", "json", "csv"))
@@ -184,9 +228,15 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
 def stats(app: App, per, filters, fmt):
     """Counts by status, surface, role and direction; volume over time; median first-response
     time; busiest participants. Messages are dated by createdAt, conversations by updatedAt.
+    --format csv gives the same numbers as section,key,value rows for scripts.
 
-    --format csv gives the same numbers as rows of section,key,value for scripts."""
-    with _open(app) as store:
+    \b
+    Examples:
+      syncer stats
+      syncer stats --since 2024-05-01 --per week --format json
+      syncer stats --per month --format csv
+    """
+    with _open(app, filters) as store:
         result = query.stats(store, filters, per=per)
     fmt = _fmt(fmt, "json")
     if fmt == "json":
@@ -223,7 +273,7 @@ def _stats_text(s: dict) -> str:
     c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
     median = "-" if fr["medianSeconds"] is None else _duration(fr["medianSeconds"])
     parts = [f"{c['total']} conversations, {m['total']} messages "
-             f"({render._cell(m['first']) or '-'} to {render._cell(m['last']) or '-'})",
+             f"({render.when(m['first'])} to {render.when(m['last'])})",
              f"median first response: {median} over {fr['turns']} user turns"]
     for title, items, key in (("conversations by status", c["byStatus"], "status"),
                               ("conversations by surface", c["bySurface"], "surfaceId"),
@@ -244,18 +294,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
-@main.command("export")
+@command("export")
 @click.argument("table", required=False)
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+@click.option("--format", "fmt", type=Choice(FORMATS), default=None,
               help="csv (default), jsonl or parquet; parquet needs the optional extra: "
-                   "pip install 'syncer[parquet]'.")
+                   "pip install 'runtype-syncer[parquet]'.")
 @click.option("-o", "--output", type=click.Path(allow_dash=True), default="-",
               help="File to write (default: stdout); with --changes, the feed directory.")
 @click.option("--changes", "consumer", metavar="NAME",
               help="Only what changed since consumer NAME's last export (a change feed: "
                    "rows with _seq and _deleted_at, tombstones included), then move NAME on.")
 @click.option("--reset", is_flag=True, help="With --changes: start NAME over from nothing.")
-@click.option("--partition-by", type=click.Choice(feed.PARTITIONINGS),
+@click.option("--partition-by", type=Choice(feed.PARTITIONINGS),
               help="With --changes and parquet: Hive-style createdAt_month=YYYY-MM/ parts.")
 @click.option("--consumers", "list_consumers", is_flag=True,
               help="List the change-feed consumers with their position and lag (rows "
@@ -268,13 +318,21 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
 
     With --changes NAME, a change feed for a warehouse: each export writes, into the directory
     -o, a part with the rows changed since NAME's last export (one per id, its latest state,
-    tombstones with _deleted_at set); NAME moves on only once the part is in place."""
+    tombstones with _deleted_at set); NAME moves on only once the part is in place.
+
+    \b
+    Examples:
+      syncer export conversations --format jsonl --surface email > conversations.jsonl
+      syncer export messages --format parquet -o messages.parquet
+      syncer export messages --changes duckdb --format parquet -o feed/messages
+      syncer export --consumers
+    """
     if list_consumers:
         if fmt == "parquet":
             raise ExportError("--consumers lists as a table, csv or jsonl, not parquet")
         with _open(app) as store:
             rows = feed.consumers(store)
-        _emit_rows(rows, fmt, CONSUMER_COLUMNS)
+        _emit_rows(app, rows, fmt, CONSUMER_COLUMNS)
         return
     if table is None:
         raise ExportError("name the table to export (conversations or messages), "
@@ -286,7 +344,7 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
         if table not in TABLES:
             raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
         check_format(fmt)
-        with _open(app) as store, private_output(output) as out:
+        with _open(app, filters) as store, private_output(output) as out:
             n = export(store, table, fmt, out, filters)
         if output != "-":
             click.echo(f"{n} {table} written to {output}", err=True)
@@ -305,3 +363,6 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
 
 CONSUMER_COLUMNS = [("name", "consumer"), ("table", "table"), ("position", "position"),
                     ("lag", "lag"), ("exports", "exports"), ("updatedAt", "updated")]
+
+
+COMMANDS = [search, show, conversations_command, stats, export_command]

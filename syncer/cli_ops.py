@@ -8,7 +8,7 @@ import threading
 
 import click
 
-from .cli import App, _install_stop_handlers, main, pass_app
+from .cli_context import App, Choice, install_stop_handlers, command, pass_app
 from .config import parse_duration
 from .errors import ConfigError
 
@@ -26,7 +26,7 @@ def _daemon_logging() -> None:
     aps.propagate = False
 
 
-@main.command()
+@command()
 @click.option("--interval", metavar="DURATION",
               help="Sync every DURATION (30s, 5m, 1h); overrides [schedule].interval and cron.")
 @click.option("--cron", "cron_expr", metavar="EXPR",
@@ -44,7 +44,13 @@ def daemon(app: App, interval: str | None, cron_expr: str | None, no_initial_run
     Holds the mirror's writer lock for its whole life, runs one sync at a time, logs a failing
     run and retries it at the next tick. A first signal finishes the work in hand and exits 0;
     a second exits at once. Exits 3 after the API refuses the key 3 runs in a row, 4 if another
-    syncer is writing the mirror, 2 on a bad schedule."""
+    syncer is writing the mirror, 2 on a bad schedule.
+
+    \b
+    Examples:
+      syncer --db mirror.db daemon --interval 5m
+      syncer --db mirror.db daemon --cron '*/10 * * * *' --no-initial-run
+    """
     from .scheduler import Daemon, make_trigger, parse_interval
     if interval and cron_expr:
         raise ConfigError("--interval and --cron exclude each other; give one")
@@ -58,13 +64,13 @@ def daemon(app: App, interval: str | None, cron_expr: str | None, no_initial_run
     trigger, schedule = make_trigger(seconds, cron, settings.schedule_jitter)
     _daemon_logging()
     stop = threading.Event()
-    _install_stop_handlers(stop)
+    install_stop_handlers(stop)
     Daemon(settings, trigger, schedule=schedule, initial_run=not no_initial_run,
            stop=stop).run()
 
 
-@main.command("status")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+@command("status")
+@click.option("--format", "fmt", type=Choice(["text", "json"]), default="text",
               show_default=True, help="json for monitoring.")
 @click.option("--check", is_flag=True,
               help="Exit 1 when the last successful sync finished longer ago than --max-age.")
@@ -77,7 +83,13 @@ def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
     """Show recent runs, the watermark, the queue, gaps, rejects and the database size.
 
     Reads only (never takes the writer lock), so it works while a sync runs. With --check it is
-    a health check: exit 0 healthy, 1 stale or never synced, 2 no usable database."""
+    a health check: exit 0 healthy, 1 stale or never synced, 2 no usable database.
+
+    \b
+    Examples:
+      syncer --db mirror.db status
+      syncer --db mirror.db status --check --max-age 1h --format json
+    """
     from . import status
     try:
         max_seconds = parse_duration(max_age)
@@ -106,7 +118,7 @@ def _duration_option(name: str, text: str | None) -> float | None:
         raise ConfigError(f"{name}: {e}") from None
 
 
-@main.command()
+@command()
 @click.option("--deleted", is_flag=True,
               help="Forget conversations deleted upstream (tombstoned by a sync).")
 @click.option("--older-than", metavar="DURATION",
@@ -123,7 +135,13 @@ def purge(app: App, deleted: bool, older_than: str | None, retain: str | None, d
     again. The purge is recorded in _purges, and the file is then scrubbed (full-text index
     merged, VACUUM, WAL emptied) so that the text is gone from its bytes. Takes the writer lock
     like sync (exit 4 while another process writes); exit 1 if a reader kept the WAL from being
-    emptied (run it again)."""
+    emptied (run it again).
+
+    \b
+    Examples:
+      syncer --db mirror.db purge --deleted --older-than 30d
+      syncer --db mirror.db purge --retain 365d --dry-run
+    """
     from . import purge as forgetting
     if older_than is not None and not deleted:
         raise ConfigError("--older-than applies to --deleted; add --deleted")
@@ -158,3 +176,6 @@ def purge(app: App, deleted: bool, older_than: str | None, retain: str | None, d
         click.echo("error: another process kept the write-ahead log from being emptied; "
                    "purged text may remain in it: run `syncer purge` again", err=True)
         sys.exit(1)
+
+
+COMMANDS = [daemon, status_command, purge]

@@ -92,7 +92,7 @@ def check_format(fmt: str) -> None:
             import pyarrow.parquet  # noqa: F401
         except ImportError:
             raise ExportError("Parquet export needs pyarrow: "
-                              "pip install 'syncer[parquet]'") from None
+                              "pip install 'runtype-syncer[parquet]'") from None
 
 
 def export(store: Store, table: str, fmt: str, out: BinaryIO,

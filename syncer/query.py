@@ -274,6 +274,13 @@ def conversations(store: Store, filters: Filters = Filters(), *, sort: str = "up
     return [row_dict(cur, r) for r in cur]
 
 
+def count_conversations(store: Store, filters: Filters = Filters()) -> int:
+    """How many conversations `conversations` would list without a limit."""
+    where, args = filters.conversation_time_sql()
+    return prepare(store).execute(
+        f"SELECT count(*) FROM conversations c WHERE {_where(where)}", args).fetchone()[0]
+
+
 # -- stats -------------------------------------------------------------------------------------
 def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
           top: int = 10) -> dict:

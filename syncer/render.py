@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
-import unicodedata
 from collections.abc import Callable, Sequence
 from typing import TextIO
+
+import wcwidth
 
 from .query import MARK
 
@@ -49,15 +50,20 @@ def dump_csv(rows: Sequence[dict], out: TextIO, columns: Sequence[str] | None = 
 
 
 def width(text: str) -> int:
-    """Columns a string takes on a terminal (wide East Asian characters take two)."""
-    return sum(0 if ch in MARK or unicodedata.combining(ch) else
-               2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    """Columns a string takes on a terminal: wide (CJK, most emoji) take two, combining marks
+    and the highlight markers none."""
+    return sum(0 if ch in MARK else max(wcwidth.wcwidth(ch), 0) for ch in text)
 
 
 def fit(text: str, limit: int) -> str:
+    """`text` on one line in exactly `limit` columns: cut with an ellipsis, or padded. A
+    highlighted match that would be cut off is brought into view by cutting the start instead."""
     text = " ".join(text.split())
     if width(text) <= limit:
         return text + " " * (limit - width(text))
+    start = text.find(MARK[0])
+    if start > 0 and width(text[:text.find(MARK[1], start) + 1]) > limit - 1:
+        text = "…" + text[max(0, start - max(limit // 4, 1)):]
     out, used = [], 0
     for ch in text:
         w = width(ch)
@@ -65,29 +71,43 @@ def fit(text: str, limit: int) -> str:
             break
         out.append(ch)
         used += w
-    return "".join(out) + "…" + " " * (limit - 1 - used)
+    cut = "".join(out)
+    if cut.count(MARK[0]) > cut.count(MARK[1]):
+        cut += MARK[1]                            # a highlight cut in its middle ends here
+    return cut + "…" + " " * (limit - 1 - used)
 
 
 def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], total_width: int,
           style: Callable[[str], str] = lambda s: s) -> str:
-    """An aligned table of `columns` ((key, title) pairs); the last column takes what is left
-    of `total_width`. `style` is applied to a cell after fitting (for highlight markers)."""
+    """An aligned table of `columns` ((key, title) pairs) that fits `total_width` columns of a
+    terminal: the widest column gives way first, down to a few characters each. `style` is
+    applied to a cell after fitting (for highlight markers)."""
     cells = [[_cell(r.get(key)) for key, _ in columns] for r in rows]
     widths = [max([width(title)] + [width(" ".join(c[i].split())) for c in cells])
               for i, (_, title) in enumerate(columns)]
-    fixed = sum(min(w, 40) for w in widths[:-1]) + 2 * (len(columns) - 1)
-    widths = [min(w, 40) for w in widths[:-1]] + [max(20, min(widths[-1], total_width - fixed))]
+    room = total_width - 2 * (len(columns) - 1)
+    while sum(widths) > room and max(widths) > 6:
+        widest = widths.index(max(widths))
+        widths[widest] -= max(1, (sum(widths) - room) // 4)
+        widths[widest] = max(widths[widest], 6)
     lines = ["  ".join(fit(title, w) for (_, title), w in zip(columns, widths)).rstrip()]
     for row in cells:
         lines.append("  ".join(style(fit(c, w)) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
 
 
+def when(value: str | None) -> str:
+    """A stored timestamp as shown to people: one style everywhere, to the minute, in UTC."""
+    if not value:
+        return "-"
+    return f"{value[:10]} {value[11:16]} UTC"
+
+
 def _cell(value: object) -> str:
     if value is None:
         return ""
     if isinstance(value, str) and len(value) == 27 and value.endswith("Z") and value[10] == "T":
-        return f"{value[:10]} {value[11:16]}"  # a stored timestamp, to the minute
+        return when(value)
     return str(value)
 
 

@@ -30,6 +30,7 @@ RUN_COUNTERS = ("pages", "conversations_seen", "conversations_changed", "convers
                 "conversations_failed", "messages_written", "rejects", "gaps", "requests",
                 "retries", "throttled")
 _CHUNK = 500
+WAL_CHECKPOINT_PAGES = 10_000     # about 40 MB of WAL between checkpoints
 # what a record (not the disk or the database) can make SQLite refuse
 RECORD_FAULTS = (OverflowError, ValueError, TypeError, sqlite3.InterfaceError,
                  sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)
@@ -105,6 +106,8 @@ class Store:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=OFF")
+            # a page rewritten by many commits reaches the file once per checkpoint
+            conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             migrations.migrate(conn)
         except sqlite3.Error as e:
             if conn is not None:

@@ -1,10 +1,13 @@
 """One thread commits what the fetch threads read, many conversations per transaction.
 
 Fetch threads only talk HTTP; this thread alone writes their results. Batching cuts the cost
-that dominates a large first sync on a small machine: a commit and a new full-text segment per
-conversation. Each conversation is still all-or-nothing (a batch is one transaction) and stays
-in `_sync_queue` until its batch commits, so a kill at any instant loses nothing. The queue
-between the threads is bounded, so memory stays flat.
+that dominates a large first sync on a small machine: every commit rewrites, in the WAL, each
+index page it touched, and message ids and conversation ids are random, so a commit touches
+pages all over the messages' indexes (and starts a full-text segment). Few large commits write
+the file a few times over; many small ones wrote it 8-17 times (BENCHMARKS.md). A batch is
+bounded by count and by bytes, so memory stays flat. Each conversation is still all-or-nothing
+(a batch is one transaction) and stays in `_sync_queue` until its batch commits, so a kill at
+any instant loses nothing but the fetching of at most one batch.
 """
 from __future__ import annotations
 
@@ -16,9 +19,16 @@ from collections.abc import Callable
 from .errors import SyncerError
 from .store import Fetched, Store
 
-BATCH = 64          # conversations per transaction at most
-LINGER = 0.1        # seconds a batch waits to fill before it is committed anyway
-_DONE = object()
+BATCH = 4096                  # conversations per transaction at most
+BATCH_BYTES = 16 * 1024 ** 2  # ... and about this much record text
+LINGER = 10.0                 # seconds a batch waits to fill before it is committed anyway
+QUEUE = 64                    # conversations waiting for the writer at most
+_DONE = object()              # commit what is batched and stop
+_FLUSH = object()             # commit what is batched now
+
+
+def _size(item: Fetched) -> int:
+    return len(item.row.get("_raw") or "") + sum(len(m.get("_raw") or "") for m in item.messages)
 
 
 class WriterFailed(SyncerError):
@@ -29,7 +39,7 @@ class WriterFailed(SyncerError):
 class BatchWriter:
     def __init__(self, store: Store, run_id: int,
                  on_saved: Callable[[list[Fetched], list[tuple[int, int]]], None],
-                 capacity: int = BATCH):
+                 capacity: int = QUEUE):
         self.store = store
         self.run_id = run_id
         self.on_saved = on_saved
@@ -59,7 +69,13 @@ class BatchWriter:
                 continue
 
     def flush(self) -> None:
-        """Wait until everything handed over is committed; re-raises the thread's error."""
+        """Commit what is handed over now and wait for it; re-raises the thread's error."""
+        while self._thread.is_alive() and self._outstanding:
+            try:
+                self._queue.put(_FLUSH, timeout=0.5)
+                break
+            except queue.Full:
+                self._raise_if_failed()
         with self._committed:
             while self._outstanding and self._error is None:
                 self._committed.wait(0.5)
@@ -88,8 +104,11 @@ class BatchWriter:
                 first = self._queue.get()
                 if first is _DONE:
                     return
-                batch, deadline = [first], time.monotonic() + LINGER
-                while len(batch) < BATCH:
+                if first is _FLUSH:
+                    continue
+                batch, size = [first], _size(first)
+                deadline = time.monotonic() + LINGER
+                while len(batch) < BATCH and size < BATCH_BYTES:
                     try:
                         item = self._queue.get(timeout=max(deadline - time.monotonic(), 0))
                     except queue.Empty:
@@ -97,7 +116,10 @@ class BatchWriter:
                     if item is _DONE:
                         done = True
                         break
+                    if item is _FLUSH:
+                        break
                     batch.append(item)
+                    size += _size(item)
                 results = self.store.save_conversations(batch, self.run_id)
                 self.on_saved(batch, results)
                 with self._committed:

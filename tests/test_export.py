@@ -134,7 +134,7 @@ def test_parquet_without_pyarrow_is_a_clear_error(db, tmp_path, monkeypatch):
     out = tmp_path / "m.parquet"
     result = CliRunner().invoke(main, ["--db", db, "export", "messages", "--format", "parquet",
                                        "-o", str(out)])
-    assert result.exit_code == 2 and "pip install 'syncer[parquet]'" in result.output
+    assert result.exit_code == 2 and "pip install 'runtype-syncer[parquet]'" in result.output
     assert not out.exists()
 
 

@@ -1,6 +1,6 @@
 """Tests for syncer.validate: the schemas are valid draft 2020-12, the contract's samples pass,
 known-bad variants fail with a reason naming the right path, and -- the important part -- the
-fast subset validator agrees with jsonschema.Draft202012Validator on generated variants."""
+fastjsonschema-compiled checks agree with jsonschema.Draft202012Validator on generated variants."""
 
 from __future__ import annotations
 
@@ -307,25 +307,53 @@ def test_validator_instances_and_checker():
 
 
 # ---------------------------------------------------------------------------
-# Unsupported schema features fail at compile time, never silently
+# messageCount fits SQLite's integer
+
+
+@pytest.mark.parametrize("kind", ["conversation", "conversation_detail"])
+def test_message_count_beyond_a_sqlite_integer_is_rejected(kind):
+    sample = SAMPLES[kind]
+    assert problem(kind, dict(sample, messageCount=2**63 - 1)) is None
+    for count in (2**63, 10**40, 9.3e18):
+        record = dict(sample, messageCount=count)
+        assert problem(kind, record) == "messageCount: must be <= 9223372036854775807"
+        assert_agrees(kind, record)
+
+
+# ---------------------------------------------------------------------------
+# How the schemas are found and compiled
+
+
+def test_the_package_schemas_are_the_published_schemas():
+    published = validate.SCHEMA_DIR.parent.parent / "schemas"
+    for kind in KINDS:
+        assert (published / f"{kind}.json").read_bytes() == (validate.SCHEMA_DIR / f"{kind}.json").read_bytes()
 
 
 def _write(tmp_path, name, schema):
     (tmp_path / f"{name}.json").write_text(json.dumps(schema), encoding="utf-8")
 
 
+BASE = "https://syncer.invalid/schemas/"
+
+
 @pytest.mark.parametrize(
     "schema",
     [
-        {"type": "object", "properties": {"id": {"type": "string", "pattern": "^c"}}},
-        {"type": "object", "additionalProperties": False},
-        {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}}}},
+        # draft-07 code would ignore the keywords beside a $ref, which 2020-12 applies
+        {"$id": BASE + "message.json", "$ref": "conversation.json", "properties": {"id": {"type": "string"}}},
+        # 2020-12 keywords the draft-07 code generator does not know
+        {"type": "array", "prefixItems": [{"type": "string"}]},
+        {"type": "object", "unevaluatedProperties": False},
         {"type": "objekt"},
-        {"$ref": "#/$defs/x", "$defs": {"x": {}}},
-        {"$id": "https://syncer.invalid/schemas/message.json", "$ref": "message.json"},
+        # a $ref anywhere but to one of our files is refused, never fetched
+        {"$id": BASE + "message.json", "allOf": [{"$ref": "https://example.com/schemas/conversation.json"}]},
+        {"$id": BASE + "message.json", "allOf": [{"$ref": "file:///etc/passwd"}]},
+        {"$id": BASE + "message.json", "allOf": [{"$ref": "nonexistent.json"}]},
     ],
 )
-def test_unsupported_schema_features_raise(tmp_path, schema):
+def test_schemas_that_cannot_be_checked_faithfully_raise(tmp_path, schema):
+    _write(tmp_path, "conversation", {"$id": BASE + "conversation.json", "type": "object"})
     _write(tmp_path, "message", schema)
     with pytest.raises(SchemaError):
         Validator(tmp_path).checker("message")
@@ -334,9 +362,65 @@ def test_unsupported_schema_features_raise(tmp_path, schema):
 def test_ref_must_match_the_target_id(tmp_path):
     _write(tmp_path, "conversation", {"$id": "https://elsewhere.invalid/conversation.json", "type": "object"})
     _write(tmp_path, "conversation_detail",
-           {"$id": "https://syncer.invalid/schemas/conversation_detail.json", "$ref": "conversation.json"})
+           {"$id": BASE + "conversation_detail.json", "allOf": [{"$ref": "conversation.json"}]})
     with pytest.raises(SchemaError):
         Validator(tmp_path).checker("conversation_detail")
+
+
+def test_ref_resolves_from_the_schema_directory(tmp_path):
+    _write(tmp_path, "conversation", {"$id": BASE + "conversation.json", "required": ["x"]})
+    _write(tmp_path, "conversation_detail",
+           {"$id": BASE + "conversation_detail.json", "allOf": [{"$ref": "conversation.json"}]})
+    check = Validator(tmp_path).checker("conversation_detail")
+    assert check({"x": 1}) is None
+    assert check({}) == "missing required field 'x'"
+
+
+def test_keywords_beyond_ours_compile_and_agree(tmp_path):
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$id": BASE + "message.json",
+              "type": "object", "additionalProperties": False,
+              "properties": {"id": {"type": "string", "pattern": "^c", "default": "c0"},
+                             "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 2}}}
+    _write(tmp_path, "message", schema)
+    check = Validator(tmp_path).checker("message")
+    reference = Draft202012Validator(schema)
+    record = {}
+    assert check(record) is None and record == {}  # defaults are never filled in
+    for record in ({"id": "c1", "tags": ["a"]}, {"id": "x"}, {"tags": ["a", 1]}, {"tags": ["a"] * 3},
+                   {"other": 1}):
+        reason = check(record)
+        assert (reason is None) == reference.is_valid(record), (record, reason)
+        assert reason is None or ("\n" not in reason and len(reason) < 120)
+
+
+def test_recursion_too_deep_for_a_recursive_schema_is_a_reason(tmp_path):
+    _write(tmp_path, "message", {"$id": BASE + "message.json", "$ref": "#/$defs/node",
+                                 "$defs": {"node": {"type": "object",
+                                                    "properties": {"child": {"$ref": "#/$defs/node"}}}}})
+    check = Validator(tmp_path).checker("message")
+    deep = leaf = {}
+    for _ in range(100_000):
+        leaf["child"] = {}
+        leaf = leaf["child"]
+    assert check({"child": {"child": {}}}) is None
+    assert check(deep) == "record is nested too deeply to validate"
+
+
+def test_deep_values_and_lone_surrogates_in_real_records():
+    deep = _deep(100_000)
+    nested = {}
+    for _ in range(100_000):
+        nested = {"x": nested}
+    assert problem("message", dict(MESSAGE, metadata=nested, extra=deep)) is None
+    assert problem("conversation_detail", dict(CONVERSATION_DETAIL, context=nested)) is None
+    assert problem("conversation_detail", dict(CONVERSATION_DETAIL, surface=nested)) is None
+    assert problem("conversation_detail", dict(CONVERSATION_DETAIL, surface={"id": deep})) == \
+        "surface.id: expected string, got array"
+    lone = "\ud800 half a pair \udfff"
+    assert problem("message", dict(MESSAGE, id=lone, content=lone)) is None
+    assert problem("conversation", dict(CONVERSATION, id="\ud800")) is None
+    assert problem("conversation", dict(CONVERSATION, subject=["\udc00"])) == \
+        "subject: expected string or null, got array"
 
 
 # ---------------------------------------------------------------------------

@@ -33,7 +33,7 @@ def test_a_failing_write_stops_the_run_and_loses_nothing(tmp_path, monkeypatch):
 
     def flaky(self, batch, run_id=None):
         calls["n"] += 1
-        if calls["n"] == 2:
+        if calls["n"] == 1:
             raise sqlite3.OperationalError("disk I/O error")
         return original(self, batch, run_id)
     with SimulatorServer(upstream, Behaviour(message_paging="offset")) as server:
