@@ -268,6 +268,7 @@ CREATE INDEX idx_turns_conversation ON _turns (conversationId, at);
 CREATE INDEX idx_turns_at ON _turns (at, conversationId, delay);
 CREATE INDEX idx_turns_delay ON _turns (delay, conversationId);
 CREATE INDEX idx_messages_stats ON messages (createdAt, conversationId, role, direction);
+CREATE INDEX idx_messages_turns ON messages (conversationId, createdAt, id, role);
 CREATE INDEX idx_conversations_stats
     ON conversations (updatedAt, status, surfaceId, _deleted_at, _purged_at);
 CREATE INDEX idx_conversations_groups
