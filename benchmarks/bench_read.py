@@ -1,18 +1,23 @@
 """Benchmark of the offline read commands on a large mirror (not a test: run it by hand).
 
     .venv/bin/python benchmarks/bench_read.py [--db /tmp/bench-read.db] [--messages 1000000]
+        [--sections calls,commands,exports]
 
 Builds (once; reused when the file exists) a mirror of at least --messages messages from the
 simulator's generator, written through the store's own save path (`Store.save_conversation`,
 the call a sync makes for every conversation) rather than over HTTP, which would only add
 request time. Then reports p50/p95 latency of typical searches, of `show` on a 300-message
-thread and of `stats`, and export throughput with the exporter's peak memory.
+thread and of `stats` (calls); of the whole `syncer` command, start-up included, run as a
+fresh process (commands); and export throughput with the exporter's peak memory (exports).
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import resource
+import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -37,15 +42,17 @@ def _save(store: Store, record: dict, messages: list[dict]) -> None:
                                     drop_others=False, new=True))
 
 
-def build(path: str, messages: int, seed: int = 1) -> int:
-    """Fill a new mirror with generated data until it holds at least `messages` messages."""
+def build(path: str, messages: int, seed: int = 1, extras: bool = True) -> int:
+    """Fill a new mirror with generated data until it holds at least `messages` messages.
+    To grow an existing mirror, give a seed far from the one it was built with and no extras
+    (the thread and the rare word are already there)."""
     store = Store.open(path)
     held, chunk = 0, 0
     started = time.perf_counter()
     try:
         while held < messages:
             upstream = generate(seed + chunk, CHUNK, big_conversations=2)
-            if chunk == 0:
+            if chunk == 0 and extras:
                 _add_extras(upstream)
             for cid in upstream.conversation_ids():
                 batch = upstream.messages_of(cid)
@@ -82,8 +89,7 @@ def _timed(fn, runs: int) -> tuple[float, float]:
         started = time.perf_counter()
         fn()
         times.append((time.perf_counter() - started) * 1000)
-    times.sort()
-    return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
+    return _percentiles(times)
 
 
 def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[float, int, int]:
@@ -104,26 +110,99 @@ def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[floa
     return seconds, rows, usage.ru_maxrss // 1024
 
 
+def _percentiles(times: list[float]) -> tuple[float, float]:
+    times = sorted(times)
+    return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
+
+
+def _command(argv: list[str]) -> float:
+    """Wall milliseconds of one whole `syncer` process, output discarded."""
+    started = time.perf_counter()
+    done = subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    elapsed = (time.perf_counter() - started) * 1000
+    if done.returncode:
+        raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode()}")
+    return elapsed
+
+
+def measure_commands(path: str, runs: int) -> list[str]:
+    """The real command line, as a user runs it: the console script next to this interpreter
+    (its modules byte-compiled first, as an installed package's are), one warm-up run each."""
+    import compileall
+    import syncer
+    compileall.compile_dir(Path(syncer.__file__).parent, quiet=1)
+    script = Path(sys.executable).with_name("syncer")
+    base = [str(script)] if script.exists() else [sys.executable, "-m", "syncer"]
+    cases = [
+        ("`python -c pass` (interpreter alone, for scale)", [sys.executable, "-c", "pass"]),
+        ("`syncer --help`", [*base, "--help"]),
+        *[(f"`syncer search {' '.join(words)}`",
+           [*base, "--db", path, "search", *words, "--format", "jsonl"])
+          for words in ([RARE_WORD], ["refund"], ["refund", "billing"],
+                        ["refund", "--role", "user", "--since", "30d"],
+                        ["refund", "--conversation", THREAD_ID],
+                        ["billing", "--conversation", THREAD_ID])],
+        ("`syncer show` (300-message thread)", [*base, "--db", path, "show", THREAD_ID,
+                                                 "--format", "json"]),
+        ("`syncer conversations`", [*base, "--db", path, "conversations", "--format", "jsonl"]),
+        ("`syncer status`", [*base, "--db", path, "status"]),
+    ]
+    lines = ["| command (fresh process) | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
+    for name, argv in cases:
+        _command(argv)
+        p50, p95 = _percentiles([_command(argv) for _ in range(runs)])
+        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
+    return lines
+
+
+def searches():
+    """The query shapes of the read benchmark: (name, words, filters, scoring)."""
+    from syncer.query import Filters, Scoring, parse_time
+    month = parse_time("30d")
+    return [
+        (f"rare word `{RARE_WORD}`", RARE_WORD, Filters(), Scoring()),
+        ("`refund`", "refund", Filters(), Scoring()),
+        ("`the`", "the", Filters(), Scoring()),
+        ("`you`", "you", Filters(), Scoring()),
+        ("`refund billing`", "refund billing", Filters(), Scoring()),
+        ("`refund --role user --since 30d` (no hits)", "refund",
+         Filters(role=("user",), since=month), Scoring()),
+        ("`refund --conversation <300-message thread>` (no hits)", "refund",
+         Filters(conversation=THREAD_ID), Scoring()),
+        ("`billing --conversation <300-message thread>` (300 hits)", "billing",
+         Filters(conversation=THREAD_ID), Scoring()),
+        ("`refund --status open --role user`", "refund",
+         Filters(status=("open",), role=("user",)), Scoring()),
+        ("`café --since 2024-05-01`", "café",
+         Filters(since="2024-05-01T00:00:00.000000Z"), Scoring()),
+        ("`refund --participant 'no such person'` (no hits)", "refund",
+         Filters(participant="no such person"), Scoring()),
+        ("`refund --exact` (every match scored)", "refund", Filters(), Scoring(exact=True)),
+    ]
+
+
 def measure(path: str, runs: int) -> list[str]:
     from syncer import query
     store = Store.open_readonly(path)
-    lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
-    cases = [
-        ("search common word `refund`", lambda: query.search(store, "refund")),
-        ("search common word `the`", lambda: query.search(store, "the")),
-        (f"search rare word `{RARE_WORD}`", lambda: query.search(store, RARE_WORD)),
-        ("search two words `refund billing`", lambda: query.search(store, "refund billing")),
-        ("search `refund` --status open --role user", lambda: query.search(
-            store, "refund", query.Filters(status=("open",), role=("user",)))),
-        ("search `café` --since 2024-05-01", lambda: query.search(
-            store, "café", query.Filters(since="2024-05-01T00:00:00.000000Z"))),
-        ("search `refund` --conversation (300-message thread)", lambda: query.search(
-            store, "billing", query.Filters(conversation=THREAD_ID))),
-        ("show a 300-message thread", lambda: query.show(store, THREAD_ID)),
-    ]
-    for name, fn in cases:
+    lines = ["| operation | messages matching the words | p50 ms | p95 ms |",
+             "| --- | ---: | ---: | ---: |"]
+    cases = [(f"search {name}", words, lambda w=words, f=filters, s=scoring: query.search(
+        store, w, f, scoring=s)) for name, words, filters, scoring in searches()]
+    cases.append(("show a 300-message thread", None, lambda: query.show(store, THREAD_ID)))
+    for name, words, fn in cases:
+        matches = words and store.conn.execute(
+            "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH ?",
+            (query.fts_phrases(words),)).fetchone()[0]
         p50, p95 = _timed(fn, runs)
-        lines.append(f"| {name} | {p50:.1f} | {p95:.1f} |")
+        lines.append(f"| {name} | {f'{matches:,}' if words else ''} | {p50:.1f} | {p95:.1f} |")
+    store.close()
+    return lines
+
+
+def measure_stats(path: str) -> list[str]:
+    from syncer import query
+    store = Store.open_readonly(path)
+    lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
     for name, fn, n in [
             ("stats, whole mirror", lambda: query.stats(store), 3),
             ("stats --since 2024-05-01", lambda: query.stats(
@@ -131,7 +210,53 @@ def measure(path: str, runs: int) -> list[str]:
         p50, p95 = _timed(fn, n)
         lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
     store.close()
-    lines += ["", "| export | rows | seconds | rows/s | peak RSS MiB |",
+    return lines
+
+
+RELEVANCE_QUERIES = [
+    "refund", "the", "order", "payment", "login", "browser", "tracking", "failed", "token",
+    "ticket", "agent", "support", "calendar", "update", "thanks", "customer",
+    "you", "can", "it", "in", "t",
+    "you can", "it up", "refund you", "order can",
+    "refund billing", "login failed", "password reset",
+    RARE_WORD, "agent support ticket",
+]
+
+
+def measure_relevance(path: str, runs: int) -> list[str]:
+    """The default policy's top 20 against exact bm25's, message hits only (`--in messages`):
+    how many of the 20 are the same, and where the worst of them stands in the exact ranking
+    (its position among all matches, ties counted as one place, in % of the matches)."""
+    from syncer import query
+    store = Store.open_readonly(path)
+    conn = store.conn
+    lines = ["| query | matches | same in top 20 | worst of top 20, exact position | "
+             "in top 1 % | default p50 ms | exact p50 ms |",
+             "| --- | ---: | ---: | ---: | --- | ---: | ---: |"]
+    exact_scoring = query.Scoring(exact=True)
+    for words in RELEVANCE_QUERIES:
+        phrases = query.fts_phrases(words)
+        scores = sorted(r for (r,) in conn.execute(
+            "SELECT bm25(messages_fts) FROM messages_fts WHERE messages_fts MATCH ?",
+            (phrases,)))
+        top = query.search(store, words, scope="messages")
+        exact = query.search(store, words, scope="messages", scoring=exact_scoring)
+        same = len({h["id"] for h in top} & {h["id"] for h in exact})
+        worst = max(bisect.bisect_left(scores, h["rank"]) + 1 for h in top)
+        share = 100 * worst / len(scores)
+        fast, _ = _timed(lambda: query.search(store, words, scope="messages"), runs)
+        slow, _ = _timed(lambda: query.search(store, words, scope="messages",
+                                              scoring=exact_scoring), runs)
+        verdict = ("exact order" if len(scores) <= query.EXACT_UP_TO
+                   else "yes" if share <= 1 else "**no**")
+        lines.append(f"| `{words}` | {len(scores):,} | {same} | {worst:,} ({share:.2f} %) | "
+                     f"{verdict} | {fast:.1f} | {slow:.1f} |")
+    store.close()
+    return lines
+
+
+def measure_exports(path: str) -> list[str]:
+    lines = ["| export | rows | seconds | rows/s | peak RSS MiB |",
               "| --- | ---: | ---: | ---: | ---: |"]
     for table, fmt, extra in [("messages", "csv", ["--since", "2024-05-01"]),
                               ("messages", "csv", []), ("messages", "jsonl", []),
@@ -146,15 +271,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", default=str(Path(tempfile.gettempdir()) / "bench-read.db"))
     parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--grow-from", metavar="DB",
+                        help="Build --db as a copy of this mirror plus --messages more.")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--sections", default="calls,stats,commands,relevance,exports",
+                        help="Comma-separated: calls, stats, commands, relevance, exports.")
     args = parser.parse_args()
+    if args.grow_from and not Path(args.db).exists():
+        print(f"growing a copy of {args.grow_from} into {args.db} ...", file=sys.stderr)
+        shutil.copyfile(args.grow_from, args.db)
+        with sqlite3.connect(args.db) as conn:  # a seed of its own for each size grown from
+            held = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+        build(args.db, args.messages, seed=1_000_003 + held, extras=False)
     if not Path(args.db).exists():
         print(f"building {args.db} ...", file=sys.stderr)
         started = time.perf_counter()
         held = build(args.db, args.messages)
         print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)
-    print("\n".join(measure(args.db, args.runs)))
+    sections = {"calls": lambda: measure(args.db, args.runs),
+                "stats": lambda: measure_stats(args.db),
+                "relevance": lambda: measure_relevance(args.db, 5),
+                "commands": lambda: measure_commands(args.db, args.runs),
+                "exports": lambda: measure_exports(args.db)}
+    for name in args.sections.split(","):
+        print("\n".join(sections[name]()) + "\n")
     print(f"\n(peak RSS of this process: "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MiB)")
 

@@ -1,4 +1,4 @@
-"""Read commands over the local mirror: search, show, conversations, stats, export.
+"""Read commands over the local mirror: search, show, conversations, stats, export, serve.
 
 They need no API key and no network, open the database read-only (a missing or foreign file is
 an error, exit 2, and is never created), and default to a table on a terminal and to JSON Lines
@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import sys
 
 import click
 
-from . import config, feed, known, query, render
+from . import config, known, query, render
 from .cli_context import App, Choice, command, pass_app
+from .errors import ConfigError
 from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
-from .store import Store
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
 STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuses
@@ -25,6 +24,7 @@ STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuse
 @contextlib.contextmanager
 def _open(app: App, filters: query.Filters | None = None):
     """The mirror, read-only; a surface or role in `filters` that it does not hold is an error."""
+    from .store import Store  # here: `--help` and usage errors never need it
     store = Store.open_readonly(app.settings().db_path)
     try:
         if filters is not None:
@@ -86,6 +86,7 @@ def _fmt(fmt: str | None, piped: str) -> str:
 
 
 def _term_width() -> int:
+    import shutil
     return shutil.get_terminal_size((120, 24)).columns
 
 
@@ -118,25 +119,31 @@ SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time (UTC)"
 @click.option("--in", "scope", type=Choice(["all", "messages", "conversations"]),
               default="all", show_default=True,
               help="Search message content, conversation subject/participant, or both.")
+@click.option("--exact", is_flag=True,
+              help=f"Score every match, even past {query.EXACT_UP_TO:,} (slower).")
 @paging_options(20, minimum=1, help_limit="At most this many hits.")
 @filter_options
 @format_option()
 @pass_app
-def search(app: App, words, fts, scope, limit, offset, filters, fmt):
+def search(app: App, words, fts, scope, exact, limit, offset, filters, fmt):
     """Full-text search of the mirror, best match (bm25) first, newest first on ties.
 
     WORDS are plain words that must all appear (punctuation is just a separator); a hit on a
     conversation's subject or participant is a row of its own with kind "conversation".
+
+    When the words match more than 10,000 messages (or conversations), only the newest 5,000
+    matches are scored and come first; the rest follow, newest first (--exact scores all).
 
     \b
     Examples:
       syncer search refund
       syncer search "don't" C++ --role user --since 7d --limit 50
       syncer search --fts 'refund NOT (billing OR invoice)' --format jsonl
+      syncer search refund --exact
     """
     with _open(app, filters) as store:
         hits = query.search(store, " ".join(words), filters, limit=limit + 1, offset=offset,
-                            fts=fts, scope=scope)
+                            fts=fts, scope=scope, scoring=query.Scoring(exact=exact))
     more = len(hits) > limit
     shown = (f"showing {limit:,} of more than {limit:,} matches (use --limit or --offset)"
              if more else None)
@@ -163,6 +170,7 @@ def show(app: App, conversation_id, fmt, no_pager):
         render.dump_json(thread, sys.stdout)
         return
     text = _thread_text(thread)
+    import shutil
     if (not no_pager and sys.stdout.isatty()
             and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
         click.echo_via_pager(text)
@@ -305,7 +313,7 @@ def _duration(seconds: float) -> str:
               help="Only what changed since consumer NAME's last export (a change feed: "
                    "rows with _seq and _deleted_at, tombstones included), then move NAME on.")
 @click.option("--reset", is_flag=True, help="With --changes: start NAME over from nothing.")
-@click.option("--partition-by", type=Choice(feed.PARTITIONINGS),
+@click.option("--partition-by", type=Choice(["month"]),
               help="With --changes and parquet: Hive-style createdAt_month=YYYY-MM/ parts.")
 @click.option("--consumers", "list_consumers", is_flag=True,
               help="List the change-feed consumers with their position and lag (rows "
@@ -327,6 +335,7 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
       syncer export messages --changes duckdb --format parquet -o feed/messages
       syncer export --consumers
     """
+    from . import feed    # here: `--help` and usage errors never need it
     if list_consumers:
         if fmt == "parquet":
             raise ExportError("--consumers lists as a table, csv or jsonl, not parquet")
@@ -365,4 +374,35 @@ CONSUMER_COLUMNS = [("name", "consumer"), ("table", "table"), ("position", "posi
                     ("lag", "lag"), ("exports", "exports"), ("updatedAt", "updated")]
 
 
-COMMANDS = [search, show, conversations_command, stats, export_command]
+@command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
+@click.option("--metadata", "print_metadata", is_flag=True,
+              help="Print the Datasette metadata (JSON) and exit, to run datasette yourself.")
+@pass_app
+def serve(app: App, host, port, print_metadata):
+    """Browse the mirror in Datasette: search ranked best first (the canned query `search`),
+    facets on status, surface and role, and a thread view (`thread`).
+
+    \b
+    Examples:
+      syncer serve --port 8001
+      syncer serve --metadata > metadata.json
+    """
+    import importlib.util
+
+    from . import serve as serving
+    path = app.settings().db_path
+    with _open(app):
+        pass  # a missing or foreign file is an error here, with its exit code
+    name = serving.database_name(path)
+    if print_metadata:
+        render.dump_json(serving.metadata(name), sys.stdout)
+        return
+    if importlib.util.find_spec("datasette") is None:
+        raise ConfigError("Datasette is not installed: pip install 'runtype-syncer[serve]'")
+    click.echo(f"Datasette on http://{host}:{port}/{name} (Ctrl-C stops it)", err=True)
+    serving.serve(path, host=host, port=port)
+
+
+COMMANDS = [search, show, conversations_command, stats, export_command, serve]

@@ -18,12 +18,14 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import SyncerError
 from .query import HIDDEN, Filters, _where, prepare
-from .store import Store
 from .transform import JSON_FIELDS
+
+if TYPE_CHECKING:
+    from .store import Store
 
 FORMATS = ("csv", "jsonl", "parquet")
 TABLES = ("conversations", "messages")

@@ -15,11 +15,14 @@ import sqlite3
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
+from typing import TYPE_CHECKING
 
 from .config import parse_duration
 from .errors import SyncerError
-from .store import Store
 from .transform import JSON_FIELDS, format_instant
+
+if TYPE_CHECKING:
+    from .store import Store
 
 HIDDEN = ("_raw", "_list_sig")  # bookkeeping columns no reader needs
 MARK = ("\ue000", "\ue001")  # snippet highlight markers; renderers replace them
@@ -83,10 +86,16 @@ class Filters:
             where.append(f"{c}.id = ?")
             args.append(self.conversation)
         if self.participant:
-            where.append(f"(instr(syncer_fold({c}.participantName), ?) > 0 OR "
-                         f"instr(syncer_fold({c}.participantEmail), ?) > 0)")
-            args += [self.participant.casefold()] * 2
+            clause, more = self.participant_sql(c)
+            where.append(clause)
+            args += more
         return where, args
+
+    def participant_sql(self, c: str = "c") -> tuple[str, list]:
+        """Case-insensitive (case-folded) part of the name or the email."""
+        return (f"(instr(syncer_fold({c}.participantName), ?) > 0 OR "
+                f"instr(syncer_fold({c}.participantEmail), ?) > 0)",
+                [self.participant.casefold()] * 2)
 
     def message_sql(self, m: str = "m", c: str = "c", *,
                     by_rowid: bool = False) -> tuple[list[str], list]:
@@ -153,60 +162,120 @@ def row_dict(cursor: sqlite3.Cursor, row: tuple, parse_json: bool = True) -> dic
 
 
 # -- search ------------------------------------------------------------------------------------
+# Scoring policy (see `search` and BENCHMARKS.md). bm25 costs about 1.5 µs a match in SQLite
+# 3.40, so scoring every match of a word found in 8 % of a million messages takes over 100 ms,
+# while reading the list of matches without scores costs about 0.03 µs a match.
+EXACT_UP_TO = 10_000    # up to this many matches in scope, every one is scored
+NEWEST_SCORED = 5_000   # beyond that, only the newest this many are
+DRIVE_UP_TO = 10_000    # a filter selecting at most this many rows narrows the scope
+
 _MESSAGE_HIT = """
 SELECT 'message' AS kind, m.id, m.conversationId, m.createdAt, m.role, m.direction, m.content,
        snippet(messages_fts, 0, ?, ?, '…', 12) AS snippet, c.subject, c.participantName,
        c.participantEmail, c.status, c.surfaceId
 FROM messages_fts JOIN messages m ON m.rowid = messages_fts.rowid
 JOIN conversations c ON c.id = m.conversationId
-WHERE messages_fts MATCH ? AND m.rowid = ?"""
+WHERE messages_fts MATCH ? AND messages_fts.rowid = ?"""
 _CONVERSATION_HIT = """
 SELECT 'conversation' AS kind, c.id, c.id AS conversationId, c.updatedAt AS createdAt,
        NULL AS role, NULL AS direction, c.subject AS content,
        snippet(conversations_fts, -1, ?, ?, '…', 12) AS snippet, c.subject, c.participantName,
        c.participantEmail, c.status, c.surfaceId
 FROM conversations_fts JOIN conversations c ON c.rowid = conversations_fts.rowid
-WHERE conversations_fts MATCH ? AND c.rowid = ?"""
+WHERE conversations_fts MATCH ? AND conversations_fts.rowid = ?"""
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Which matches bm25 scores (see `search`). `exact`: every one, however many."""
+    exact: bool = False
+    exact_up_to: int = EXACT_UP_TO
+    newest_scored: int = NEWEST_SCORED
+    drive_up_to: int = DRIVE_UP_TO
+
+    def __post_init__(self):
+        if not 1 <= self.newest_scored <= self.exact_up_to:
+            raise ValueError("need 1 <= newest_scored <= exact_up_to")
+
+
+@dataclass(frozen=True)
+class _Index:
+    """A full-text index, the check of its rows against the filters, and its scope."""
+    kind: str
+    fts: str
+    check_sql: str        # rowid, time and id of the rows `rowid IN ({})` that pass the filters
+    check_args: list
+    scope_sql: str = ""   # further conditions on the FTS rowid
+    scope_args: tuple = ()
+    scope_size: int | None = None  # rows in scope, when known
+
+
+class _NoSuchColumn(Exception):
+    """An --fts column filter naming the other index's columns."""
 
 
 def search(store: Store, text: str, filters: Filters = Filters(), *, limit: int = 20,
-           offset: int = 0, fts: bool = False, scope: str = "all") -> list[dict]:
+           offset: int = 0, fts: bool = False, scope: str = "all",
+           scoring: Scoring = Scoring()) -> list[dict]:
     """Messages (and conversations, by subject and participant) matching `text`.
 
-    Ranked by bm25 (lower `rank` is better), newest first on ties, then by id. A conversation
-    hit is its own row with kind="conversation", id = conversation id, createdAt = the
-    conversation's updatedAt and content = its subject; it is left out when `role` is given.
+    Order: when the words match at most `scoring.exact_up_to` rows in scope, by bm25 (lower
+    `rank` is better), newest first on ties, then by id. When they match more, only the
+    `scoring.newest_scored` newest matches (the last stored) are scored; they come first, in
+    that order, and the other matches follow, the last stored first. `scoring.exact` scores
+    every match however many there are.
+
+    Scope: every row, or, when a filter selects at most `scoring.drive_up_to` rows and an
+    index can list them (conversation, time, status; participant by one scan of the
+    conversations), only those rows. Every filter is then applied to the ranked matches.
+
+    A conversation hit is its own row with kind="conversation", id = conversation id,
+    createdAt = the conversation's updatedAt and content = its subject; it is left out when
+    `role` is given. Message and conversation hits are merged by rank, the unscored ones
+    after the scored ones, alternately.
     """
     conn = prepare(store)
     query = text if fts else fts_phrases(text)
     if not query.strip():
         return []
     want = offset + limit
-    found: list[list[tuple] | None] = []
+    participants = _Participants(conn, filters, scoring.drive_up_to)
+    indexes = []
     if scope in ("all", "messages"):
-        where, args = filters.message_sql(by_rowid=True)
-        found.append(_ranked(conn, "messages_fts", query, want,
-                        "SELECT m.rowid, m.createdAt, m.id FROM messages m CROSS JOIN "
-                        "conversations c "
-                        f"ON c.id = m.conversationId WHERE m.rowid IN ({{}}) AND {_where(where)}",
-                        args, "message"))
+        indexes.append(_message_index(conn, filters, scoring, participants))
     if scope in ("all", "conversations") and not filters.role:
-        where, args = filters.conversation_time_sql()
-        found.append(_ranked(conn, "conversations_fts", query, want,
-                        "SELECT c.rowid, c.updatedAt, c.id FROM conversations c "
-                        f"WHERE c.rowid IN ({{}}) AND {_where(where)}", args, "conversation"))
-    if found and all(f is None for f in found):
+        indexes.append(_conversation_index(conn, filters, scoring, participants))
+    hits, unknown = [], 0
+    for index in indexes:
+        try:
+            hits += _walk(conn, index, query, want, scoring)
+        except _NoSuchColumn:
+            unknown += 1
+    if indexes and unknown == len(indexes):
         raise QueryError(f"bad full-text query {query!r}: no such column in the searched index")
-    hits = [h for f in found if f for h in f]
-    hits.sort(key=lambda h: (h[0], _desc(h[2]), h[3]))
+    hits.sort(key=lambda h: h[0])
+    page = hits[offset:want]
+    ranks = {(kind, rowid): rank for _, kind, rowid, rank in page}
+    for index in indexes:
+        unscored = [rowid for _, kind, rowid, rank in page if kind == index.kind and rank is None]
+        if unscored:
+            ranks.update(((index.kind, r), rank) for r, rank in _scores(conn, index, query,
+                                                                         unscored))
     out = []
-    for rank, kind, _, _, rowid in hits[offset:want]:
-        sql = _MESSAGE_HIT if kind == "message" else _CONVERSATION_HIT
-        cur = conn.execute(sql, (*MARK, query, rowid))
-        hit = row_dict(cur, cur.fetchone())
-        hit["rank"] = rank
-        out.append(hit)
+    for _, kind, rowid, _ in page:
+        cur = conn.execute(_MESSAGE_HIT if kind == "message" else _CONVERSATION_HIT,
+                           (*MARK, query, rowid))
+        out.append(row_dict(cur, cur.fetchone()) | {"rank": ranks[kind, rowid]})
     return out
+
+
+def _scores(conn, index: _Index, query: str, rowids: list[int]) -> list[tuple[int, float]]:
+    """bm25 of a few matches, in one statement: bm25 counts every match of each phrase once
+    per statement, so a statement per row would cost that count for each."""
+    return conn.execute(
+        f"SELECT rowid, bm25({index.fts}) FROM {index.fts} WHERE {index.fts} MATCH ? "
+        f"AND rowid BETWEEN ? AND ? AND +rowid IN ({_marks(rowids)})",
+        [query, min(rowids), max(rowids), *rowids]).fetchall()
 
 
 def _desc(created: str | None) -> tuple:
@@ -214,30 +283,169 @@ def _desc(created: str | None) -> tuple:
     return tuple(-ord(ch) for ch in created) if created else (1,)
 
 
-def _ranked(conn, fts_table, query, want, filter_sql, args, kind) -> list[tuple] | None:
-    """Walk the FTS index in bm25 order and keep rows that pass the filters until `want` rows
-    and every row tied with the last are kept."""
+def _walk(conn, index: _Index, query: str, want: int, scoring: Scoring) -> list[tuple]:
+    """The index's matches that pass the filters, in policy order, as (sort key, kind, rowid,
+    bm25 or None when not scored): at least `want` of them when there are that many, and
+    every one tied with the last."""
+    match = f"{index.fts} MATCH ?{index.scope_sql}"
+    args = [query, *index.scope_args]
+    boundary = None
+    if not scoring.exact and (index.scope_size is None
+                              or index.scope_size > scoring.exact_up_to):
+        def nth_newest(n: int, below: int | None = None) -> int | None:
+            """The n-th newest match (below `below`): FTS5 walks the matches newest first."""
+            row = _execute(conn, f"SELECT rowid FROM {index.fts} WHERE {match}"
+                                 f"{'' if below is None else ' AND rowid < ?'} "
+                                 "ORDER BY rowid DESC LIMIT 1 OFFSET ?",
+                           [*args, *([] if below is None else [below]), n - 1], query).fetchone()
+            return row and row[0]
+        last_scored = nth_newest(scoring.newest_scored)
+        if last_scored is not None and nth_newest(
+                scoring.exact_up_to + 1 - scoring.newest_scored, below=last_scored) is not None:
+            boundary = last_scored
+    ranked = _execute(conn, f"SELECT rowid, bm25({index.fts}) AS r FROM {index.fts} "
+                            f"WHERE {match}{'' if boundary is None else ' AND rowid >= ?'} "
+                            "ORDER BY r", args + ([] if boundary is None else [boundary]), query)
+    kept: list[tuple] = []
+    size = min(2 * want + 10, 500)  # most searches want 20: check few rows first
+    while batch := ranked.fetchmany(size):
+        ranks = dict(batch)
+        for rowid, created, rid in _passing(conn, index, ranks):
+            kept.append(((0, ranks[rowid], _desc(created), rid), index.kind, rowid,
+                         ranks[rowid]))
+        if len(kept) >= want and batch[-1][1] > sorted(k[0][1] for k in kept)[want - 1]:
+            break
+        size = min(size * 2, 4_000)
+    ranked.close()
+    if boundary is None or len(kept) >= want:
+        return kept
+    rest = conn.execute(f"SELECT rowid FROM {index.fts} WHERE {match} AND rowid < ? "
+                        "ORDER BY rowid DESC", [*args, boundary])
+    position = 0
+    while len(kept) < want and (batch := [r for (r,) in rest.fetchmany(size)]):
+        passing = {row[0] for row in _passing(conn, index, batch)}
+        for rowid in (r for r in batch if r in passing):
+            kept.append(((1, position, index.kind), index.kind, rowid, None))
+            position += 1
+        size = min(size * 2, 4_000)
+    rest.close()
+    return kept
+
+
+def _passing(conn, index: _Index, rowids) -> list[tuple]:
+    return conn.execute(index.check_sql.format(_marks(rowids)),
+                        [*rowids, *index.check_args]).fetchall()
+
+
+def _execute(conn, sql: str, args: list, query: str) -> sqlite3.Cursor:
     try:
-        cur = conn.execute(f"SELECT rowid, bm25({fts_table}) AS r FROM {fts_table} "
-                           f"WHERE {fts_table} MATCH ? ORDER BY r", (query,))
+        return conn.execute(sql, args)
     except sqlite3.OperationalError as e:
         if "no such column" in str(e):
-            return None  # an --fts column filter naming the other index's columns
+            raise _NoSuchColumn() from None
         raise QueryError(f"bad full-text query {query!r}: {e}") from None
-    kept: list[tuple] = []
-    size = _BATCH
-    while batch := cur.fetchmany(size):
-        ranks = dict(batch)
-        sql = filter_sql.format(_marks(ranks))
-        for rowid, created, rid in conn.execute(sql, [*ranks, *args]):
-            kept.append((ranks[rowid], kind, created, rid, rowid))
-        if len(kept) >= want and kept:
-            boundary = sorted(k[0] for k in kept)[want - 1]
-            if batch[-1][1] > boundary:
-                break
-        size = min(size * 2, 4_000)
-    cur.close()
-    return kept
+
+
+# Scope. A filter that an index can answer lists the rowids it selects; when they are few,
+# the FTS query reads only the matches between the smallest and the largest of them and tests
+# each against the list (`+rowid IN`: one test a match; without the `+`, FTS5 would look each
+# listed rowid up, a far slower plan). So a filter that leaves nothing costs no more than one
+# that leaves everything. Each candidate list is counted first, up to the cap.
+class _Participants:
+    """Rowids and ids of the conversations the participant filter keeps, up to `cap` + 1 of
+    them: one scan of the conversations (it stops early when many match), made at most once
+    per search and only when asked for."""
+
+    def __init__(self, conn, filters: Filters, cap: int):
+        self.conn, self.filters, self.cap, self._rows = conn, filters, cap, None
+
+    def rows(self) -> list[tuple[int, str]]:
+        if self._rows is None:
+            clause, args = self.filters.participant_sql()
+            self._rows = self.conn.execute(
+                f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
+                [*args, self.cap + 1]).fetchall()
+        return self._rows
+
+    def few(self) -> bool:
+        return len(self.rows()) <= self.cap
+
+    def ids(self) -> list[str]:
+        return [cid for _, cid in self.rows()]
+
+    def rowids(self) -> list[int]:
+        return [rowid for rowid, _ in self.rows()]
+
+
+def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
+    where, args = filters.message_sql(by_rowid=True)
+    index = _Index("message", "messages_fts",
+                   "SELECT m.rowid, m.createdAt, m.id FROM messages m CROSS JOIN conversations c "
+                   f"ON c.id = m.conversationId WHERE m.rowid IN ({{}}) AND {_where(where)}",
+                   args)
+    time, time_args = _time_sql([], [], "createdAt", filters.since, filters.until)
+    candidates = []
+    if filters.conversation:
+        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(
+            ["conversationId = ?", *time]), [filters.conversation, *time_args]))
+    elif time:
+        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(time), time_args))
+    if filters.status and _count(conn, "SELECT 1 FROM conversations WHERE status IN "
+                                       f"({_marks(filters.status)})", list(filters.status),
+                                 scoring.drive_up_to) <= scoring.drive_up_to:
+        candidates.append(("SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m "
+                           "ON m.conversationId = c.id "
+                           f"WHERE c.status IN ({_marks(filters.status)})", list(filters.status)))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
+        "SELECT rowid AS r FROM messages WHERE conversationId IN (SELECT value FROM json_each(?))",
+        [json.dumps(participants.ids())]) if participants.few() else None))
+
+
+def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
+    where, args = filters.conversation_time_sql()
+    index = _Index("conversation", "conversations_fts",
+                   "SELECT c.rowid, c.updatedAt, c.id FROM conversations c "
+                   f"WHERE c.rowid IN ({{}}) AND {_where(where)}", args)
+    time, time_args = _time_sql([], [], "updatedAt", filters.since, filters.until)
+    candidates = []
+    if filters.conversation:
+        candidates.append(("SELECT rowid AS r FROM conversations WHERE id = ?",
+                           [filters.conversation]))
+    if time:
+        candidates.append(("SELECT rowid AS r FROM conversations WHERE " + _where(time),
+                           time_args))
+    if filters.status:
+        candidates.append(("SELECT rowid AS r FROM conversations "
+                           f"WHERE status IN ({_marks(filters.status)})", list(filters.status)))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
+        "SELECT value AS r FROM json_each(?)",
+        [json.dumps(participants.rowids())]) if participants.few() else None))
+
+
+def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant) -> _Index:
+    """`index` scoped to the smallest candidate list if one is small enough. The participant's
+    (`participant()`, a scan of the conversations; None when they are too many) is tried only
+    when no other is small enough."""
+    def counted(sql, args):
+        n, low, high = conn.execute(f"SELECT count(*), min(r), max(r) FROM ({sql} LIMIT ?)",
+                                    [*args, scoring.drive_up_to + 1]).fetchone()
+        return (n, low, high, sql, args) if n <= scoring.drive_up_to else None
+
+    small = [c for c in (counted(sql, args) for sql, args in candidates) if c]
+    if not small and participant and (listed := participant()):
+        small = [c for c in [counted(*listed)] if c]
+    if not small:
+        return index
+    n, low, high, sql, args = min(small, key=lambda c: c[0])
+    if not n:
+        low, high = 1, 0  # an empty range: the FTS query still runs, so bad syntax is seen
+    return _Index(index.kind, index.fts, index.check_sql, index.check_args,
+                  f" AND rowid BETWEEN ? AND ? AND +rowid IN ({sql})", (low, high, *args), n)
+
+
+def _count(conn, sql: str, args: list, cap: int) -> int:
+    """Rows of `sql`, counted up to cap + 1."""
+    return conn.execute(f"SELECT count(*) FROM ({sql} LIMIT ?)", [*args, cap + 1]).fetchone()[0]
 
 
 # -- show and list -----------------------------------------------------------------------------

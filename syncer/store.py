@@ -16,12 +16,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from . import migrations
 from .errors import LockedError, StoreError
 from .transform import CONVERSATION_FIELDS, DETAIL_FIELDS, MESSAGE_FIELDS, format_instant
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 CONVERSATION_FTS = ("subject", "participantName", "participantEmail")
 CONVERSATION_COLUMNS = CONVERSATION_FIELDS + DETAIL_FIELDS + ("_raw",)
@@ -30,7 +32,7 @@ RUN_COUNTERS = ("pages", "conversations_seen", "conversations_changed", "convers
                 "conversations_failed", "messages_written", "rejects", "gaps", "requests",
                 "retries", "throttled")
 _CHUNK = 500
-WAL_CHECKPOINT_PAGES = 10_000     # about 40 MB of WAL between checkpoints
+WAL_CHECKPOINT_PAGES = 25_000     # about 100 MB of WAL between checkpoints
 # what a record (not the disk or the database) can make SQLite refuse
 RECORD_FAULTS = (OverflowError, ValueError, TypeError, sqlite3.InterfaceError,
                  sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)
@@ -71,9 +73,10 @@ class Stored:
 
 
 class Store:
-    def __init__(self, db: sqlite_utils.Database, path: str):
-        self.db = db
-        self.conn: sqlite3.Connection = db.conn
+    def __init__(self, conn: sqlite3.Connection, path: str,
+                 db: sqlite_utils.Database | None = None):
+        self.db = db  # None when read-only: readers skip importing sqlite-utils (start-up time)
+        self.conn = conn
         self.path = path
         self._lock = threading.RLock()
 
@@ -116,7 +119,8 @@ class Store:
         except StoreError:
             conn.close()  # type: ignore[union-attr]
             raise
-        return cls(sqlite_utils.Database(conn), path)
+        import sqlite_utils           # only writers use it; read commands start faster
+        return cls(conn, path, sqlite_utils.Database(conn))
 
     @classmethod
     def open_readonly(cls, path: str, *, check: bool = False) -> "Store":
@@ -163,7 +167,7 @@ class Store:
         if version < migrations.LATEST:
             conn.close()
             raise StoreError(f"{path} has an older schema; run `syncer sync` once to upgrade it")
-        return cls(sqlite_utils.Database(conn), path)
+        return cls(conn, path)
 
     _RECOVERY = "restore it from a backup, or move it aside and run `syncer sync` to rebuild it"
 

@@ -1,4 +1,7 @@
-"""`syncer search`: results equal a direct scan of the data, every filter, ranking, formats."""
+"""`syncer search`: results equal a direct scan of the data, every filter, ranking, formats,
+on every path: every match scored, only the newest scored (thresholds made small here), and
+filters that narrow the scope or are applied after ranking."""
+import functools
 import json
 import unicodedata
 
@@ -7,7 +10,7 @@ from click.testing import CliRunner
 from support import build_mirror, dict_rows
 
 from syncer.cli import main
-from syncer.query import Filters, QueryError, fts_phrases, search
+from syncer.query import Filters, QueryError, Scoring, _desc, fts_phrases, search
 from syncer.store import Store
 
 SPECIAL = [
@@ -102,9 +105,21 @@ def found(store, query, **kw):
     return search(store, query, kw.pop("filters", Filters()), limit=100_000, **kw)
 
 
+# The paths a search can take. "capped": more than 5 matches in scope and only the newest 3
+# are scored; "after ranking": no filter narrows the scope (only an empty list would), so every
+# filter is applied to the ranked matches.
+SCORINGS = {
+    "default": Scoring(),
+    "exact": Scoring(exact=True),
+    "capped": Scoring(exact_up_to=5, newest_scored=3),
+    "capped, filters after ranking": Scoring(exact_up_to=5, newest_scored=3, drive_up_to=0),
+}
+
+
+@pytest.mark.parametrize("scoring", SCORINGS)
 @pytest.mark.parametrize("query", WORDS)
-def test_plain_words_equal_a_scan(db, store, query):
-    hits = found(store, query)
+def test_plain_words_equal_a_scan(db, store, query, scoring):
+    hits = found(store, query, scoring=SCORINGS[scoring])
     assert {h["id"] for h in hits if h["kind"] == "message"} == scan_messages(db, query)
     assert {h["id"] for h in hits if h["kind"] == "conversation"} == scan_conversations(db, query)
 
@@ -129,11 +144,83 @@ def test_ranked_by_bm25_then_newest(store):
     assert [h["id"] for h in found(store, "refund")] == [h["id"] for h in hits]
 
 
-def test_limit_and_offset_page_through_the_same_order(store):
-    everything = [h["id"] for h in found(store, "refund")]
-    pages = [h["id"] for n in range(0, 60, 7)
-             for h in search(store, "refund", limit=7, offset=n)]
-    assert pages == everything[:63]
+@pytest.mark.parametrize("scoring", SCORINGS)
+@pytest.mark.parametrize("filters", [Filters(), Filters(role=("user",))])
+def test_limit_and_offset_page_through_the_same_order(store, scoring, filters):
+    everything = [h["id"] for h in found(store, "refund", filters=filters,
+                                         scoring=SCORINGS[scoring])]
+    pages = [h["id"] for n in range(0, 56, 7)
+             for h in search(store, "refund", filters, limit=7, offset=n,
+                             scoring=SCORINGS[scoring])]
+    assert pages == everything[:56] and len(everything) > 56
+
+
+def scan_matches(db, table, query, texts):
+    """(rowid, kind, id, time, deleted) of every row of `table` matching, deleted or not."""
+    kind, time = ("message", "createdAt") if table == "messages" else ("conversation",
+                                                                      "updatedAt")
+    sql = ("SELECT m.rowid, m.*, c._deleted_at FROM messages m JOIN conversations c "
+           "ON c.id = m.conversationId" if table == "messages"
+           else "SELECT rowid, * FROM conversations")
+    return [(r["rowid"], kind, r["id"], r[time], r["_deleted_at"])
+            for r in rows(db, sql) if matches([r[t] for t in texts], query)]
+
+
+def capped_order(db, store, query, keep, in_scope, exact_up_to, newest_scored):
+    """The documented order, built from a scan and the exact path's ranks: per table, the
+    newest `newest_scored` matches in scope (when more than `exact_up_to`) by rank, newest
+    first on ties, then id; then the rest, last stored first; tables merged by that key, the
+    unscored alternately."""
+    ranks = {(h["kind"], h["id"]): h["rank"] for h in found(
+        store, query, filters=Filters(include_deleted=True), scoring=Scoring(exact=True))}
+    keyed = []
+    for table, texts in (("messages", ["content"]),
+                         ("conversations", ["subject", "participantName", "participantEmail"])):
+        hits = sorted((m for m in scan_matches(db, table, query, texts) if in_scope(m)),
+                      reverse=True)
+        scored, rest = (hits[:newest_scored], hits[newest_scored:]) \
+            if len(hits) > exact_up_to else (hits, [])
+        keyed += [((0, ranks[m[1:3]], _desc(m[3]), m[2]), m[1:3]) for m in scored if keep(m)]
+        keyed += [((1, n, m[1]), m[1:3]) for n, m in enumerate(m for m in rest if keep(m))]
+    return [kind_id for _, kind_id in sorted(keyed)]
+
+
+@pytest.mark.parametrize("case", ["no filter", "role, after ranking", "since, in scope"])
+def test_capped_order_is_the_newest_scored_then_the_rest(db, store, case):
+    live = lambda m: not m[4]  # noqa: E731
+    since = "2024-01-01T00:00:00.000000Z"
+    filters, keep, in_scope = {
+        "no filter": (Filters(), live, lambda m: True),
+        "role, after ranking": (Filters(role=("user",)),
+                                lambda m: live(m) and m[1] == "message" and m[2] in users(db),
+                                lambda m: True),
+        "since, in scope": (Filters(since=since), lambda m: live(m) and m[3] >= since,
+                            lambda m: m[3] >= since),
+    }[case]
+    got = [(h["kind"], h["id"]) for h in search(
+        store, "refund", filters, limit=100_000, scoring=Scoring(exact_up_to=5, newest_scored=3))]
+    want = capped_order(db, store, "refund", keep, in_scope, 5, 3)
+    assert got == want and len(want) > 20
+
+
+def users(db):
+    return {r["id"] for r in rows(db, "SELECT id FROM messages WHERE role = 'user'")}
+
+
+def test_the_threshold_is_the_number_of_matches_in_scope(db, store):
+    """Up to `exact_up_to` matches in an index, all are scored; one more and it is capped."""
+    most = max(len(scan_matches(db, "messages", "café", ["content"])),
+               len(scan_matches(db, "conversations", "café",
+                                ["subject", "participantName", "participantEmail"])))
+    assert most > 3
+
+    def order(scoring):
+        return [(h["kind"], h["id"]) for h in found(store, "café", scoring=scoring)]
+    exact = order(Scoring(exact=True))
+    assert order(Scoring(exact_up_to=most, newest_scored=1)) == exact
+    capped = order(Scoring(exact_up_to=most - 1, newest_scored=1))
+    assert capped == capped_order(db, store, "café", lambda m: not m[4], lambda m: True,
+                                  most - 1, 1) != exact
 
 
 def test_snippet_marks_the_words(store):
@@ -161,8 +248,9 @@ FILTERS = {
 }
 
 
+@pytest.mark.parametrize("scoring", SCORINGS)
 @pytest.mark.parametrize("name", FILTERS)
-def test_every_filter(db, store, name):
+def test_every_filter(db, store, name, scoring):
     filters, keep = FILTERS[name]
     convs = {c["id"]: c for c in rows(db, "SELECT * FROM conversations")}
     msgs = {m["id"]: m for m in rows(db, "SELECT * FROM messages")}
@@ -177,7 +265,8 @@ def test_every_filter(db, store, name):
         want |= {("message", i) for i, m in msgs.items()
                  if m["conversationId"] in deleted and matches([m["content"]], query)}
         assert any(msgs[i]["conversationId"] in deleted for k, i in want if k == "message")
-    got = {(h["kind"], h["id"]) for h in found(store, query, filters=filters)}
+    got = {(h["kind"], h["id"]) for h in found(store, query, filters=filters,
+                                               scoring=SCORINGS[scoring])}
     assert got == want and got
 
 
@@ -247,3 +336,54 @@ def test_cli_filters_and_durations(db):
     assert hits and {h["role"] for h in hits} == {"user"}
     bad = cli(db, "search", "refund", "--since", "last tuesday")
     assert bad.exit_code == 2 and "not a date" in bad.output
+
+
+def work(store, query, filters) -> int:
+    """SQLite virtual-machine steps (in hundreds) a search takes: a measure of work that,
+    unlike time, is the same on every run."""
+    steps = [0]
+
+    def tick():
+        steps[0] += 1
+    store.conn.set_progress_handler(tick, 100)
+    try:
+        hits = search(store, query, filters)
+    finally:
+        store.conn.set_progress_handler(None, 0)
+    return steps[0], hits
+
+
+NOTHING_LEFT = {
+    "conversation": Filters(conversation="conv_not_there"),
+    "since": Filters(since="2999-01-01T00:00:00.000000Z"),
+    "role and since": Filters(role=("user",), since="2999-01-01T00:00:00.000000Z"),
+    "until": Filters(until="2000-01-01T00:00:00.000000Z"),
+    "status": Filters(status=("no-such-status",)),
+    "participant": Filters(participant="no such person"),
+}
+
+
+@pytest.mark.parametrize("name", NOTHING_LEFT)
+def test_a_filter_that_leaves_nothing_does_not_walk_the_matches(store, name):
+    """Its cost does not grow with the number of matches of the words."""
+    common, hits = work(store, "the", Filters())
+    rare, hit = work(store, "Οδυσσέας", Filters())
+    assert len(hits) == 20 and hit and common > 2 * rare, (common, rare)
+    common_none, none = work(store, "the", NOTHING_LEFT[name])
+    rare_none, none_either = work(store, "Οδυσσέας", NOTHING_LEFT[name])
+    assert none == none_either == []
+    assert common_none <= rare_none + 3, (common_none, rare_none)
+
+
+def test_cli_exact_scores_every_match(db, store, monkeypatch):
+    from syncer import query
+    small = functools.partial(Scoring, exact_up_to=5, newest_scored=3)
+    monkeypatch.setattr(query, "Scoring", small)  # as the command builds it
+
+    def ids(*flags):
+        result = cli(db, "search", "refund", *flags, "--format", "json", "--limit", "30")
+        assert result.exit_code == 0, result.output
+        return [h["id"] for h in json.loads(result.output)]
+    exact = [h["id"] for h in search(store, "refund", limit=30, scoring=Scoring(exact=True))]
+    capped = [h["id"] for h in search(store, "refund", limit=30, scoring=small())]
+    assert ids("--exact") == exact != capped == ids()
