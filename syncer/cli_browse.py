@@ -171,7 +171,6 @@ def show(app: App, conversation_id, fmt, no_pager):
         render.dump_json(thread, sys.stdout)
         return
     text = _thread_text(thread)
-    import shutil
     if (not no_pager and sys.stdout.isatty()
             and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
         click.echo_via_pager(text)
