@@ -305,8 +305,8 @@ def _duration(seconds: float) -> str:
 @command("export")
 @click.argument("table", required=False)
 @click.option("--format", "fmt", type=Choice(FORMATS), default=None,
-              help="csv (default), jsonl or parquet; parquet needs the optional extra: "
-                   "pip install 'runtype-syncer[parquet]'.")
+              help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'. "
+                   "Default: csv.")
 @click.option("-o", "--output", type=click.Path(allow_dash=True), default="-",
               help="File to write (default: stdout); with --changes, the feed directory.")
 @click.option("--changes", "consumer", metavar="NAME",
