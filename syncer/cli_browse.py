@@ -16,7 +16,7 @@ import click
 from . import config, known, query, render
 from .cli_context import App, Choice, command, pass_app
 from .errors import ConfigError
-from .export import FORMATS, TABLES, check_format, export, private_output
+from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
 STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuses
@@ -228,26 +228,53 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
 
 
 @command()
-@click.option("--per", type=Choice(["auto", "day", "week"]), default="auto",
+@click.option("--per", type=Choice(["auto", "day", "week", "month"]), default="auto",
               show_default=True, help="Bucket size of the message volume.")
 @filter_options
-@format_option(("table", "json"))
+@format_option(("table", "json", "csv"))
 @pass_app
 def stats(app: App, per, filters, fmt):
     """Counts by status, surface, role and direction; volume over time; median first-response
     time; busiest participants. Messages are dated by createdAt, conversations by updatedAt.
+    --format csv gives the same numbers as section,key,value rows for scripts.
 
     \b
     Examples:
       syncer stats
       syncer stats --since 2024-05-01 --per week --format json
+      syncer stats --per month --format csv
     """
     with _open(app, filters) as store:
         result = query.stats(store, filters, per=per)
-    if _fmt(fmt, "json") == "json":
+    fmt = _fmt(fmt, "json")
+    if fmt == "json":
         render.dump_json(result, sys.stdout)
-        return
-    click.echo(_stats_text(result))
+    elif fmt == "csv":
+        render.dump_csv(stats_rows(result), sys.stdout, ["section", "key", "value"])
+    else:
+        click.echo(_stats_text(result))
+
+
+def stats_rows(s: dict) -> list[dict]:
+    """The figures of `query.stats` as (section, key, value) rows: one per number."""
+    c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
+    rows = [("since", None, s["since"]), ("until", None, s["until"]),
+            ("conversations.total", None, c["total"]), ("messages.total", None, m["total"]),
+            ("messages.first", None, m["first"]), ("messages.last", None, m["last"]),
+            ("firstResponse.turns", None, fr["turns"]),
+            ("firstResponse.medianSeconds", None, fr["medianSeconds"])]
+    for section, items, key in (("conversations.byStatus", c["byStatus"], "status"),
+                                ("conversations.bySurface", c["bySurface"], "surfaceId"),
+                                ("messages.byRole", m["byRole"], "role"),
+                                ("messages.byDirection", m["byDirection"], "direction")):
+        rows += [(section, i[key], i["count"]) for i in items]
+    rows += [(f"volume.{s['volume']['per']}", b["start"], b["messages"])
+             for b in s["volume"]["buckets"]]
+    for p in s["busiestParticipants"]:
+        who = p["participantEmail"] or p["participantName"]
+        rows += [("busiestParticipants.messages", who, p["messages"]),
+                 ("busiestParticipants.conversations", who, p["conversations"])]
+    return [{"section": a, "key": b, "value": v} for a, b, v in rows]
 
 
 def _stats_text(s: dict) -> str:
@@ -276,26 +303,75 @@ def _duration(seconds: float) -> str:
 
 
 @command("export")
-@click.argument("table", type=Choice(TABLES))
-@click.option("--format", "fmt", type=Choice(FORMATS), default="csv", show_default=True,
-              help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
-              help="File to write (default: stdout).")
+@click.argument("table", required=False)
+@click.option("--format", "fmt", type=Choice(FORMATS), default=None,
+              help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'. "
+                   "Default: csv.")
+@click.option("-o", "--output", type=click.Path(allow_dash=True), default="-",
+              help="File to write (default: stdout); with --changes, the feed directory.")
+@click.option("--changes", "consumer", metavar="NAME",
+              help="Only what changed since consumer NAME's last export (a change feed: "
+                   "rows with _seq and _deleted_at, tombstones included), then move NAME on.")
+@click.option("--reset", is_flag=True, help="With --changes: start NAME over from nothing.")
+@click.option("--partition-by", type=Choice(["month"]),
+              help="With --changes and parquet: Hive-style createdAt_month=YYYY-MM/ parts.")
+@click.option("--consumers", "list_consumers", is_flag=True,
+              help="List the change-feed consumers with their position and lag (rows "
+                   "still to deliver); --format csv or jsonl for scripts.")
 @filter_options
 @pass_app
-def export_command(app: App, table, fmt, output, filters):
+def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
+                   list_consumers, filters):
     """Export conversations or messages, streaming, to CSV, JSON Lines or Parquet.
+
+    With --changes NAME, a change feed for a warehouse: each export writes, into the directory
+    -o, a part with the rows changed since NAME's last export (one per id, its latest state,
+    tombstones with _deleted_at set); NAME moves on only once the part is in place.
 
     \b
     Examples:
       syncer export conversations --format jsonl --surface email > conversations.jsonl
       syncer export messages --format parquet -o messages.parquet
+      syncer export messages --changes duckdb --format parquet -o feed/messages
+      syncer export --consumers
     """
-    check_format(fmt)
-    with _open(app, filters) as store, private_output(output) as out:
-        n = export(store, table, fmt, out, filters)
-    if output != "-":
-        click.echo(f"{n} {table} written to {output}", err=True)
+    from . import feed    # here: `--help` and usage errors never need it
+    if list_consumers:
+        if fmt == "parquet":
+            raise ExportError("--consumers lists as a table, csv or jsonl, not parquet")
+        with _open(app) as store:
+            rows = feed.consumers(store)
+        _emit_rows(app, rows, fmt, CONSUMER_COLUMNS)
+        return
+    if table is None:
+        raise ExportError("name the table to export (conversations or messages), "
+                          "or pass --consumers")
+    fmt = fmt or "csv"
+    if consumer is None:
+        if reset or partition_by:
+            raise ExportError(f"--{'reset' if reset else 'partition-by'} needs --changes NAME")
+        if table not in TABLES:
+            raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
+        check_format(fmt)
+        with _open(app, filters) as store, private_output(output) as out:
+            n = export(store, table, fmt, out, filters)
+        if output != "-":
+            click.echo(f"{n} {table} written to {output}", err=True)
+        return
+    if filters != query.Filters():
+        raise ExportError("a change feed exports whole tables: drop the filters "
+                          "(--status, --since, ...) or the --changes option")
+    feed.check_request(table, consumer, fmt, partition_by)
+    with _open(app) as store:
+        done = feed.export_changes(store, table, consumer, fmt, output, reset=reset,
+                                   partition_by=partition_by)
+    where = f"{len(done.files)} file(s) in {output}" if done.files else "no file (no change)"
+    click.echo(f"{done.rows} {table} changes ({done.tombstones} tombstones) after position "
+               f"{done.before}: {where}; consumer {consumer} now at {done.position}", err=True)
+
+
+CONSUMER_COLUMNS = [("name", "consumer"), ("table", "table"), ("position", "position"),
+                    ("lag", "lag"), ("exports", "exports"), ("updatedAt", "updated")]
 
 
 @command()

@@ -69,9 +69,10 @@ def private_output(path: str) -> Iterator[BinaryIO]:
 
 
 def columns(store: Store, table: str) -> list[tuple[str, str]]:
-    """(name, declared type) of the exported columns of `table`."""
+    """(name, declared type) of the exported columns of `table` (the change sequence `_seq`
+    is the change feed's, see feed.py)."""
     return [(name, kind) for _, name, kind, *_ in store.conn.execute(
-        f"PRAGMA table_info({table})") if name not in HIDDEN]
+        f"PRAGMA table_info({table})") if name not in HIDDEN and name != "_seq"]
 
 
 def _select(store: Store, table: str, filters: Filters, exprs: list[str]) -> tuple[str, list]:

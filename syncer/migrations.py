@@ -144,7 +144,173 @@ CREATE TABLE IF NOT EXISTS _purges (
 );
 """
 
-MIGRATIONS: list[str] = [V1, V2]
+# The change feed (feed.py): every write of a row of conversations or messages stamps it with
+# the next value of one counter, in the same statement's transaction, so `_seq` only grows and a
+# reader that saw everything up to N has seen every change up to N (SQLite has one writer; a
+# counter value is committed with its row). A row deleted outright leaves a tombstone in
+# _deleted_rows with the counter value of its deletion; writing the id again removes it, so an
+# id is live or tombstoned, never both. Triggers, so every writer (sync, verify --fix, purge)
+# is covered without knowing of the feed. The inner UPDATE does not fire its own trigger again
+# (recursive_triggers is off, SQLite's default, and the WHEN clause says so too).
+_NOW = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')"  # as transform.format_instant
+
+
+def _seq_triggers(table: str, parent: str) -> str:
+    bump = "UPDATE _seq_counter SET value = value + 1 WHERE id = 1;"
+    stamp = (f"UPDATE {table} SET _seq = (SELECT value FROM _seq_counter WHERE id = 1) "
+             "WHERE rowid = NEW.rowid;")
+    return f"""
+CREATE TRIGGER {table}_seq_insert AFTER INSERT ON {table}
+BEGIN {bump} {stamp}
+  DELETE FROM _deleted_rows WHERE tbl = '{table}' AND id = NEW.id; END;
+CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} WHEN NEW._seq IS OLD._seq
+BEGIN {bump} {stamp} END;
+CREATE TRIGGER {table}_seq_delete AFTER DELETE ON {table}
+BEGIN {bump}
+  INSERT INTO _deleted_rows (tbl, id, conversationId, createdAt, _seq, _deleted_at)
+  VALUES ('{table}', OLD.id, OLD.{parent}, OLD.createdAt,
+          (SELECT value FROM _seq_counter WHERE id = 1), {_NOW})
+  ON CONFLICT (tbl, id) DO UPDATE SET conversationId = excluded.conversationId,
+    createdAt = excluded.createdAt, _seq = excluded._seq, _deleted_at = excluded._deleted_at;
+END;
+"""
+
+
+V3 = f"""
+CREATE TABLE _seq_counter (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+CREATE TABLE _deleted_rows (
+    tbl TEXT NOT NULL,
+    id TEXT NOT NULL,
+    conversationId TEXT,
+    createdAt TEXT,
+    _seq INTEGER NOT NULL,
+    _deleted_at TEXT NOT NULL,
+    PRIMARY KEY (tbl, id)
+);
+CREATE INDEX idx_deleted_rows_seq ON _deleted_rows (tbl, _seq);
+CREATE TABLE _consumers (
+    name TEXT NOT NULL,
+    tbl TEXT NOT NULL,
+    position INTEGER NOT NULL DEFAULT 0,
+    exports INTEGER NOT NULL DEFAULT 0,
+    updated_at TEXT,
+    PRIMARY KEY (name, tbl)
+);
+ALTER TABLE conversations ADD COLUMN _seq INTEGER;
+ALTER TABLE messages ADD COLUMN _seq INTEGER;
+UPDATE conversations SET _seq = rowid;
+UPDATE messages SET _seq = rowid + (SELECT coalesce(max(rowid), 0) FROM conversations);
+INSERT INTO _seq_counter (id, value) VALUES (1, max(
+    (SELECT coalesce(max(_seq), 0) FROM conversations),
+    (SELECT coalesce(max(_seq), 0) FROM messages)));
+CREATE INDEX idx_conversations_seq ON conversations (_seq);
+CREATE INDEX idx_messages_seq ON messages (_seq);
+{_seq_triggers("conversations", "id")}
+{_seq_triggers("messages", "conversationId")}
+"""
+
+# What `syncer stats` needs, kept at write time (query.stats reads it instead of scanning every
+# message). _turns holds each answered user turn: a user message whose previous message in its
+# conversation (by createdAt, id) is not from the user, with the seconds to the first later
+# message that is not from the user. A message written, deleted or moved changes the turns of
+# its neighbourhood only: the run of messages between the last non-user message before it and
+# the first non-user message after it; the triggers recompute that run, in the same statement.
+def _turns_refresh(c: str, t: str, i: str) -> str:
+    def bound(op: str, order: str, sentinel: str) -> str:
+        return (f"(SELECT * FROM (SELECT createdAt, id FROM messages WHERE conversationId = {c} "
+                f"AND role IS NOT 'user' AND (createdAt, id) {op} ({t}, {i}) ORDER BY "
+                f"createdAt {order}, id {order} LIMIT 1) UNION ALL SELECT '{sentinel}', '' "
+                "LIMIT 1)")
+    low, high = bound("<", "DESC", ""), bound(">", "ASC", "~")
+    return f"""
+  DELETE FROM _turns WHERE conversationId = {c} AND (at, messageId) > {low}
+    AND (at, messageId) < {high};
+  INSERT INTO _turns (messageId, conversationId, at, delay)
+  SELECT u.id, u.conversationId, u.createdAt,
+         round((julianday(r.createdAt) - julianday(u.createdAt)) * 86400, 3)
+  FROM messages u JOIN messages r ON r.rowid = (
+      SELECT x.rowid FROM messages x WHERE x.conversationId = u.conversationId
+      AND x.role IS NOT 'user' AND (x.createdAt, x.id) > (u.createdAt, u.id)
+      ORDER BY x.createdAt, x.id LIMIT 1)
+  WHERE u.conversationId = {c} AND u.role = 'user'
+    AND (u.createdAt, u.id) > {low} AND (u.createdAt, u.id) < {high}
+    AND (SELECT p.role FROM messages p WHERE p.conversationId = u.conversationId
+         AND (p.createdAt, p.id) < (u.createdAt, u.id)
+         ORDER BY p.createdAt DESC, p.id DESC LIMIT 1) IS NOT 'user';"""
+
+
+# _daily: messages per (day, role, direction); _conversation_counts: messages per conversation.
+def _count(row: str, n: int) -> str:
+    return f"""
+  INSERT INTO _daily (key, day, role, direction, n)
+  VALUES (json_array(substr({row}.createdAt, 1, 10), {row}.role, {row}.direction),
+          substr({row}.createdAt, 1, 10), {row}.role, {row}.direction, {n})
+  ON CONFLICT (key) DO UPDATE SET n = n + ({n});
+  INSERT INTO _conversation_counts (conversationId, n) VALUES ({row}.conversationId, {n})
+  ON CONFLICT (conversationId) DO UPDATE SET n = n + ({n});"""
+
+
+V4 = f"""
+CREATE TABLE _turns (
+    messageId TEXT PRIMARY KEY,
+    conversationId TEXT NOT NULL,
+    at TEXT NOT NULL,
+    delay REAL NOT NULL
+);
+INSERT INTO _turns (messageId, conversationId, at, delay)
+SELECT id, conversationId, at, round((julianday(reply) - julianday(at)) * 86400, 3) FROM (
+    SELECT id, conversationId, createdAt AS at, role, lag(role) OVER win AS prev,
+           min(CASE WHEN role IS NOT 'user' THEN createdAt END) OVER (
+               win ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS reply
+    FROM messages WINDOW win AS (PARTITION BY conversationId ORDER BY createdAt, id))
+WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL;
+CREATE INDEX idx_turns_conversation ON _turns (conversationId, at);
+CREATE INDEX idx_turns_at ON _turns (at, conversationId, delay);
+CREATE INDEX idx_turns_delay ON _turns (delay, conversationId);
+CREATE INDEX idx_messages_stats ON messages (createdAt, conversationId, role, direction);
+CREATE INDEX idx_messages_turns ON messages (conversationId, createdAt, id, role);
+CREATE INDEX idx_conversations_stats
+    ON conversations (updatedAt, status, surfaceId, _deleted_at, _purged_at);
+CREATE INDEX idx_conversations_groups
+    ON conversations (status, surfaceId, _deleted_at, _purged_at, updatedAt);
+CREATE INDEX idx_conversations_participant
+    ON conversations (id, participantEmail, participantName, _deleted_at, _purged_at);
+CREATE INDEX idx_conversations_gone ON conversations (id)
+    WHERE _purged_at IS NOT NULL OR _deleted_at IS NOT NULL;
+CREATE INDEX idx_conversations_purged ON conversations (id) WHERE _purged_at IS NOT NULL;
+CREATE TABLE _daily (
+    key TEXT PRIMARY KEY,
+    day TEXT,
+    role TEXT,
+    direction TEXT,
+    n INTEGER NOT NULL
+);
+INSERT INTO _daily (key, day, role, direction, n)
+SELECT json_array(substr(createdAt, 1, 10), role, direction), substr(createdAt, 1, 10), role,
+       direction, count(*) FROM messages GROUP BY 2, 3, 4;
+CREATE TABLE _conversation_counts (conversationId TEXT PRIMARY KEY, n INTEGER NOT NULL);
+INSERT INTO _conversation_counts SELECT conversationId, count(*) FROM messages GROUP BY 1;
+CREATE TRIGGER messages_counts_insert AFTER INSERT ON messages
+BEGIN {_count("NEW", 1)} END;
+CREATE TRIGGER messages_counts_delete AFTER DELETE ON messages
+BEGIN {_count("OLD", -1)} END;
+CREATE TRIGGER messages_counts_update AFTER UPDATE OF conversationId, createdAt, role, direction
+ON messages WHEN OLD.conversationId IS NOT NEW.conversationId
+     OR OLD.createdAt IS NOT NEW.createdAt OR OLD.role IS NOT NEW.role
+     OR OLD.direction IS NOT NEW.direction
+BEGIN {_count("OLD", -1)} {_count("NEW", 1)} END;
+CREATE TRIGGER messages_turns_insert AFTER INSERT ON messages
+BEGIN {_turns_refresh("NEW.conversationId", "NEW.createdAt", "NEW.id")} END;
+CREATE TRIGGER messages_turns_delete AFTER DELETE ON messages
+BEGIN {_turns_refresh("OLD.conversationId", "OLD.createdAt", "OLD.id")} END;
+CREATE TRIGGER messages_turns_update AFTER UPDATE OF conversationId, createdAt, role ON messages
+WHEN OLD.conversationId IS NOT NEW.conversationId OR OLD.createdAt IS NOT NEW.createdAt
+     OR OLD.role IS NOT NEW.role
+BEGIN {_turns_refresh("OLD.conversationId", "OLD.createdAt", "OLD.id")}
+      {_turns_refresh("NEW.conversationId", "NEW.createdAt", "NEW.id")} END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4]
 LATEST = len(MIGRATIONS)
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
@@ -493,69 +494,184 @@ def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
           top: int = 10) -> dict:
     """Counts and simple analytics over the conversations and messages passing `filters`.
 
-    `per`: day, week (buckets start on Monday) or auto (day for up to 62 days, else week).
+    `per`: day, week (buckets start on Monday), month (buckets start on the 1st) or auto (day
+    for up to 62 days, else week).
     First response: for each user turn (a user message not preceded by another user message in
-    its conversation), the time to the first later message whose role is not "user"; turns
-    never answered are not counted."""
+    its conversation) dated within the filters, the time to the first later message whose role
+    is not "user"; turns never answered are not counted. The turns are kept at write time
+    (`_turns`, migrations.V4); with --role, they are recounted from the messages of those roles.
+
+    Messages are read without their rows: one pass over the index that holds createdAt, role
+    and direction, keeping conversations by id."""
+    if per not in ("auto", "day", "week", "month"):
+        raise QueryError(f"unknown period {per!r} (use day, week, month or auto)")
     conn = prepare(store)
     cw, ca = filters.conversation_time_sql()
-    mw, ma = filters.message_sql()
-    msgs = ("FROM messages m JOIN conversations c ON c.id = m.conversationId "
-            f"WHERE {_where(mw)}")
     convs = f"FROM conversations c WHERE {_where(cw)}"
+    mw, ma = _message_filter(filters)
+    msgs = f"FROM messages m WHERE {_where(mw)}"
 
-    def counts(column: str, source: str, args: list) -> list[dict]:
-        name = column.split(".")[-1]
-        return [{name: value, "count": n} for value, n in conn.execute(
-            f"SELECT {column}, count(*) AS n {source} GROUP BY 1 ORDER BY n DESC, 1", args)]
+    statuses: Counter = Counter()
+    surfaces: Counter = Counter()
+    for status, surface, n in conn.execute(
+            f"SELECT c.status, c.surfaceId, count(*) {convs} GROUP BY 1, 2", ca):
+        statuses[status] += n
+        surfaces[surface] += n
 
-    first, last = conn.execute(f"SELECT min(m.createdAt), max(m.createdAt) {msgs}",
-                               ma).fetchone()
+    days: Counter = Counter()
+    roles: Counter = Counter()
+    directions: Counter = Counter()
+    for day, role, direction, n in _daily_counts(conn, filters, msgs, ma):
+        days[day] += n
+        roles[role] += n
+        directions[direction] += n
+    first = conn.execute(f"SELECT min(m.createdAt) {msgs}", ma).fetchone()[0]
+    last = conn.execute(f"SELECT max(m.createdAt) {msgs}", ma).fetchone()[0]
     if per == "auto":
         span = (datetime.fromisoformat(last) - datetime.fromisoformat(first)) if first else None
         per = "day" if span is None or span <= timedelta(days=62) else "week"
-    bucket = {"day": "substr(m.createdAt, 1, 10)",
-              "week": "date(m.createdAt, 'weekday 0', '-6 days')"}.get(per)
-    if bucket is None:
-        raise QueryError(f"unknown period {per!r} (use day, week or auto)")
+    buckets: Counter = Counter()
+    for day, n in days.items():
+        buckets[_bucket(day, per)] += n
     return {
         "since": filters.since, "until": filters.until,
         "conversations": {
-            "total": conn.execute(f"SELECT count(*) {convs}", ca).fetchone()[0],
-            "byStatus": counts("c.status", convs, ca),
-            "bySurface": counts("c.surfaceId", convs, ca),
+            "total": sum(statuses.values()),
+            "byStatus": _ranked_counts(statuses, "status"),
+            "bySurface": _ranked_counts(surfaces, "surfaceId"),
         },
         "messages": {
-            "total": conn.execute(f"SELECT count(*) {msgs}", ma).fetchone()[0],
+            "total": sum(n for n in days.values()),
             "first": first, "last": last,
-            "byRole": counts("m.role", msgs, ma),
-            "byDirection": counts("m.direction", msgs, ma),
+            "byRole": _ranked_counts(roles, "role"),
+            "byDirection": _ranked_counts(directions, "direction"),
         },
-        "volume": {"per": per, "buckets": [
-            {"start": start, "messages": n} for start, n in conn.execute(
-                f"SELECT {bucket} AS b, count(*) {msgs} GROUP BY b ORDER BY b", ma)]},
-        "firstResponse": _first_response(conn, msgs, ma),
-        "busiestParticipants": [
-            {"participantName": name, "participantEmail": email, "messages": n,
-             "conversations": k} for _, name, email, n, k in conn.execute(
-                "SELECT coalesce(lower(c.participantEmail), c.participantName) AS who, "
-                "max(c.participantName), max(c.participantEmail), count(*) AS n, "
-                f"count(DISTINCT c.id) {msgs} AND who IS NOT NULL "
-                "GROUP BY who ORDER BY n DESC, who LIMIT ?", [*ma, top])],
+        "volume": {"per": per, "buckets": [{"start": b, "messages": buckets[b]}
+                                           for b in sorted(buckets, key=lambda b: b or "")]},
+        "firstResponse": (_first_response_recounted(conn, msgs, ma) if filters.role
+                          else _first_response(conn, filters)),
+        "busiestParticipants": _busiest(conn, filters, mw, ma, top),
     }
 
 
-def _first_response(conn, msgs: str, args: list) -> dict:
-    delays = sorted(d for (d,) in conn.execute(
+def _plain(filters: Filters) -> bool:
+    """Only whole days, and no filter but deletion: the counts kept at write time serve."""
+    return (replace(filters, since=None, until=None) == Filters(
+        include_deleted=filters.include_deleted) and all(
+        t is None or t.endswith("T00:00:00.000000Z") for t in (filters.since, filters.until)))
+
+
+def _gone(filters: Filters) -> str:
+    """The conversations left out of every figure (the forgotten, and the deleted unless
+    --include-deleted), read from the partial index that holds just their ids."""
+    if filters.include_deleted:
+        return "conversations INDEXED BY idx_conversations_purged WHERE _purged_at IS NOT NULL"
+    return ("conversations INDEXED BY idx_conversations_gone "
+            "WHERE _purged_at IS NOT NULL OR _deleted_at IS NOT NULL")
+
+
+def _daily_counts(conn, filters: Filters, msgs: str, args: list) -> list[tuple]:
+    """(day, role, direction, messages): from `_daily` less the messages of the conversations
+    left out, when that answers the filters; else one pass over the messages' stats index."""
+    if not _plain(filters):
+        return conn.execute(f"SELECT substr(m.createdAt, 1, 10), m.role, m.direction, "
+                            f"count(*) {msgs} GROUP BY 1, 2, 3", args).fetchall()
+    where, days = _time_sql([], [], "day", filters.since and filters.since[:10],
+                            filters.until and filters.until[:10])
+    out = Counter({(d, r, w): n for d, r, w, n in conn.execute(
+        f"SELECT day, role, direction, n FROM _daily WHERE n != 0 AND {_where(where)}", days)})
+    where, times = _time_sql([], [], "m.createdAt", filters.since, filters.until)
+    for d, r, w, n in conn.execute(
+            "SELECT substr(m.createdAt, 1, 10), m.role, m.direction, count(*) FROM messages m "
+            f"WHERE m.conversationId IN (SELECT id FROM {_gone(filters)}) "
+            f"AND {_where(where)} GROUP BY 1, 2, 3", times):
+        out[(d, r, w)] -= n
+    return [(*key, n) for key, n in out.items() if n]
+
+
+def _message_filter(filters: Filters, m: str = "m") -> tuple[list[str], list]:
+    """Conditions on `messages m` alone: its conversation by id (a set built once, rather than a
+    join per message), role and createdAt."""
+    where, args = _conversation_ids(filters, f"{m}.conversationId")
+    if filters.role:
+        where.append(f"{m}.role IN ({_marks(filters.role)})")
+        args += filters.role
+    return _time_sql(where, args, f"{m}.createdAt", filters.since, filters.until)
+
+
+def _conversation_ids(filters: Filters, column: str) -> tuple[list[str], list]:
+    plain = Filters(include_deleted=filters.include_deleted)
+    if replace(filters, role=(), since=None, until=None) == plain:
+        # only the forgotten (and deleted) are left out: a small set
+        return [f"{column} NOT IN (SELECT id FROM {_gone(filters)})"], []
+    where, args = filters.conversation_sql("c")
+    return [f"{column} IN (SELECT c.id FROM conversations c WHERE {_where(where)})"], args
+
+
+def _ranked_counts(counter: Counter, name: str) -> list[dict]:
+    return [{name: value, "count": n} for value, n in
+            sorted(counter.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))]
+
+
+def _bucket(day: str | None, per: str) -> str | None:
+    if day is None or per == "day":
+        return day
+    if per == "month":
+        return day[:7] + "-01"
+    start = date.fromisoformat(day)
+    return (start - timedelta(days=start.weekday())).isoformat()
+
+
+def _busiest(conn, filters: Filters, mw: list[str], ma: list, top: int) -> list[dict]:
+    """Participants with the most messages: messages counted per conversation (kept at write
+    time when no filter but deletion applies), then summed per participant."""
+    who = "coalesce(lower(c.participantEmail), c.participantName)"
+    if _plain(filters) and not (filters.since or filters.until):
+        where, args = filters.conversation_sql("c")
+        sql = (f"SELECT {who} AS who, max(c.participantName), max(c.participantEmail), "
+               "sum(k.n) AS n, count(*) FROM conversations c INDEXED BY "
+               "idx_conversations_participant JOIN _conversation_counts k "
+               f"ON k.conversationId = c.id WHERE k.n > 0 AND {_where(where)} ")
+    else:
+        args = ma
+        sql = (f"SELECT {who} AS who, max(c.participantName), max(c.participantEmail), "
+               "sum(t.n) AS n, count(*) FROM (SELECT m.conversationId AS cid, count(*) AS n "
+               f"FROM messages m WHERE {_where(mw)} GROUP BY m.conversationId) t "
+               "JOIN conversations c ON c.id = t.cid WHERE 1 ")
+    return [{"participantName": name, "participantEmail": email, "messages": n,
+             "conversations": k} for _, name, email, n, k in conn.execute(
+        sql + "AND who IS NOT NULL GROUP BY who ORDER BY n DESC, who LIMIT ?", [*args, top])]
+
+
+def _median(delays: list[float]) -> dict:
+    if not delays:
+        return {"turns": 0, "medianSeconds": None}
+    mid = len(delays) // 2
+    median = delays[mid] if len(delays) % 2 else (delays[mid - 1] + delays[mid]) / 2
+    return {"turns": len(delays), "medianSeconds": median}
+
+
+def _first_response(conn, filters: Filters) -> dict:
+    """From the turns kept at write time: count them, then read the middle one or two in
+    order of delay."""
+    where, args = _conversation_ids(filters, "t.conversationId")
+    where, args = _time_sql(where, args, "t.at", filters.since, filters.until)
+    source = f"FROM _turns t WHERE {_where(where)}"
+    n = conn.execute(f"SELECT count(*) {source}", args).fetchone()[0]
+    if not n:
+        return _median([])
+    middle = [d for (d,) in conn.execute(f"SELECT t.delay {source} ORDER BY t.delay "
+                                         "LIMIT ? OFFSET ?", [*args, 2 - n % 2, (n - 1) // 2])]
+    return {"turns": n, "medianSeconds": middle[0] if n % 2 else sum(middle) / 2}
+
+
+def _first_response_recounted(conn, msgs: str, args: list) -> dict:
+    """With --role, among the messages of those roles only (a window over them)."""
+    return _median(sorted(d for (d,) in conn.execute(
         f"""WITH w AS (
               SELECT m.createdAt AS at, m.role AS role, lag(m.role) OVER win AS prev,
                      min(CASE WHEN m.role IS NOT 'user' THEN m.createdAt END) OVER (
                        win ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS reply
               {msgs} WINDOW win AS (PARTITION BY m.conversationId ORDER BY m.createdAt, m.id))
             SELECT round((julianday(reply) - julianday(at)) * 86400, 3) FROM w
-            WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL""", args))
-    if not delays:
-        return {"turns": 0, "medianSeconds": None}
-    mid = len(delays) // 2
-    median = delays[mid] if len(delays) % 2 else (delays[mid - 1] + delays[mid]) / 2
-    return {"turns": len(delays), "medianSeconds": median}
+            WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL""", args)))

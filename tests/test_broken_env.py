@@ -191,7 +191,8 @@ def test_damaged_database_stops_writers_before_any_request(served, mirror, args)
     assert mirror.read_bytes() == before
 
 
-@pytest.mark.parametrize("args", [["stats"], ["export", "messages", "-o", "OUT"],
+# (stats no longer reads the messages' rows: it reads counts kept at write time)
+@pytest.mark.parametrize("args", [["export", "messages", "-o", "OUT"],
                                   ["export", "messages", "--format", "parquet", "-o", "OUT"]])
 def test_damaged_database_ends_reads_with_recovery_steps(mirror, tmp_path, args):
     """Read commands do not check the whole file first; these read every message, so they

@@ -37,7 +37,7 @@ def table(db, name, where="1", args=()):
     sql = (f"SELECT * FROM {name} c WHERE {where} ORDER BY rowid" if name == "conversations"
            else "SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversationId "
                 f"WHERE {where} ORDER BY m.rowid")
-    out = [{k: r[k] for k in r.keys() if k not in ("_raw", "_list_sig")}
+    out = [{k: r[k] for k in r.keys() if k not in ("_raw", "_list_sig", "_seq")}
            for r in conn.execute(sql, args)]
     conn.close()
     return out

@@ -151,7 +151,7 @@ def test_purge_deleted_leaves_no_trace_in_the_file_or_its_wal(tombstoned):
     row, = dict_rows(db, "SELECT * FROM conversations WHERE id = ?", (victim,))
     kept = {k: v for k, v in row.items() if v is not None}
     assert sorted(kept) == ["_deleted_at", "_messages_complete", "_messages_held",
-                            "_messages_missing", "_purged_at", "_raw", "_synced_at",
+                            "_messages_missing", "_purged_at", "_raw", "_seq", "_synced_at",
                             "createdAt", "id", "lastMessageAt", "status", "updatedAt"]
     assert set(json.loads(row["_raw"])) == {"id", "createdAt", "updatedAt", "lastMessageAt",
                                             "status"}

@@ -1,4 +1,6 @@
 """`syncer stats`: every figure recomputed in Python from the mirror's rows."""
+import csv
+import io
 import json
 import sqlite3
 import statistics
@@ -33,22 +35,6 @@ def counted(values, key):
                                                      key=lambda kv: (-kv[1], kv[0] or ""))]
 
 
-def first_responses(msgs):
-    delays = []
-    by_conv = {}
-    for m in sorted(msgs, key=lambda m: (m["createdAt"], m["id"])):
-        by_conv.setdefault(m["conversationId"], []).append(m)
-    for thread in by_conv.values():
-        for i, m in enumerate(thread):
-            if m["role"] != "user" or (i and thread[i - 1]["role"] == "user"):
-                continue
-            reply = next((r for r in thread[i + 1:] if r["role"] != "user"), None)
-            if reply:
-                delays.append(round((instant(reply["createdAt"]) - instant(m["createdAt"]))
-                                    .total_seconds(), 3))
-    return delays
-
-
 def instant(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -65,7 +51,10 @@ def expected(db, since=None, until=None, per="week"):
           and (not until or c["updatedAt"] < until)]
     ms = [m for m in msgs if m["conversationId"] in live and (not since or m["createdAt"] >= since)
           and (not until or m["createdAt"] < until)]
-    delays = first_responses(ms)
+    # a turn dated in the window counts, answered within it or later
+    at = {m["id"]: m["createdAt"] for m in msgs}
+    delays = [d for i, d in turns_of(m for m in msgs if m["conversationId"] in live).items()
+              if (not since or at[i] >= since) and (not until or at[i] < until)]
     people = Counter()
     threads = {}
     for m in ms:
@@ -74,7 +63,7 @@ def expected(db, since=None, until=None, per="week"):
         if who:
             people[who] += 1
             threads.setdefault(who, set()).add(c["id"])
-    bucket = (lambda t: t[:10]) if per == "day" else week
+    bucket = {"day": lambda t: t[:10], "week": week, "month": lambda t: t[:7] + "-01"}[per]
     names = {}
     for c in (live[m["conversationId"]] for m in ms):
         who = (c["participantEmail"] or "").lower() or c["participantName"]
@@ -108,6 +97,9 @@ def test_stats_of_the_whole_mirror(db):
     ("2024-01-01T00:00:00.000000Z", None, "week"),
     (None, "2023-10-01T00:00:00.000000Z", "day"),
     ("2024-04-01T00:00:00.000000Z", "2024-05-01T00:00:00.000000Z", "day"),
+    (None, None, "month"),
+    ("2024-02-03T12:00:00.000000Z", "2024-04-09T06:00:00.000000Z", "week"),   # not whole days
+    ("2024-02-01T00:00:00.000000Z", "2024-03-01T00:00:00.000000Z", "month"),
 ])
 def test_stats_in_a_window(db, since, until, per):
     with _open(db) as store:
@@ -121,7 +113,7 @@ def test_auto_period_and_bad_period(db):
                                     "2024-05-01T00:00:00.000000Z"))["volume"]["per"] == "day"
         assert stats(store)["volume"]["per"] == "week"
         with pytest.raises(QueryError):
-            stats(store, per="month")
+            stats(store, per="year")
 
 
 _open = read_store
@@ -138,3 +130,97 @@ def test_cli_json_and_chart(db):
     assert "conversations by status" in chart and "median first response" in chart
     status_lines = chart.split("conversations by status\n")[1].split("\n\n")[0].splitlines()
     assert status_lines[0].rstrip().endswith("#" * 40)
+
+
+def test_cli_csv_has_the_numbers_of_the_json(db):
+    runner = CliRunner()
+    args = ["--db", db, "stats", "--per", "month", "--since", "2024-01-01"]
+    result = runner.invoke(main, args + ["--format", "csv"])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(io.StringIO(result.stdout)))
+    want = expected(db, "2024-01-01T00:00:00.000000Z", per="month")
+    value = {(r["section"], r["key"]): r["value"] for r in rows}
+    assert value[("conversations.total", "")] == str(want["conversations"]["total"])
+    assert value[("firstResponse.medianSeconds", "")] == str(
+        want["firstResponse"]["medianSeconds"])
+    assert [(r["key"], int(r["value"])) for r in rows if r["section"] == "volume.month"] == [
+        (b["start"], b["messages"]) for b in want["volume"]["buckets"]]
+    assert {(r["key"], int(r["value"])) for r in rows if r["section"] == "messages.byRole"} == {
+        (i["role"], i["count"]) for i in want["messages"]["byRole"]}
+    assert len([r for r in rows if r["section"] == "busiestParticipants.messages"]) == len(
+        want["busiestParticipants"])
+
+
+def turns_of(msgs) -> dict[str, float]:
+    """{user message id: seconds to its reply} for every answered user turn."""
+    out, by_conv = {}, {}
+    for m in sorted(msgs, key=lambda m: (m["createdAt"], m["id"])):
+        by_conv.setdefault(m["conversationId"], []).append(m)
+    for thread in by_conv.values():
+        for i, m in enumerate(thread):
+            if m["role"] != "user" or (i and thread[i - 1]["role"] == "user"):
+                continue
+            reply = next((r for r in thread[i + 1:] if r["role"] != "user"), None)
+            if reply:
+                out[m["id"]] = round((instant(reply["createdAt"]) - instant(m["createdAt"]))
+                                     .total_seconds(), 3)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_turns_kept_at_write_time_equal_a_recount(seed):
+    """Whatever order messages are written, changed, moved and deleted in, the turns the
+    triggers keep (migrations.V4) are those of a recount over every message."""
+    import random
+
+    from syncer import migrations
+    rng = random.Random(seed)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrations.migrate(conn)
+    held: dict[str, dict] = {}
+    for step in range(300):
+        action = rng.random()
+        if action < 0.55 or not held:
+            m = {"id": f"m{rng.randrange(60):02d}", "conversationId": rng.choice("ab"),
+                 "createdAt": f"2024-05-01T00:{rng.randrange(20):02d}:00.000000Z",
+                 "role": rng.choice(["user", "user", "assistant", None])}
+            if m["id"] in held:
+                continue
+            conn.execute("INSERT INTO messages (id, conversationId, createdAt, role, _raw, "
+                         "_synced_at) VALUES (:id, :conversationId, :createdAt, :role, '{}', "
+                         "'x')", m)
+            held[m["id"]] = m
+        elif action < 0.8:
+            m = held[rng.choice(sorted(held))]
+            m.update(rng.choice([{"role": rng.choice(["user", "assistant"])},
+                                 {"createdAt": f"2024-05-01T00:{rng.randrange(20):02d}:00."
+                                               "000000Z"},
+                                 {"conversationId": rng.choice("ab")}]))
+            conn.execute("UPDATE messages SET conversationId = :conversationId, createdAt = "
+                         ":createdAt, role = :role WHERE id = :id", m)
+        else:
+            gone = rng.sample(sorted(held), min(len(held), rng.randint(1, 3)))
+            conn.execute(f"DELETE FROM messages WHERE id IN ({','.join('?' * len(gone))})",
+                         gone)
+            for i in gone:
+                del held[i]
+        assert dict(conn.execute("SELECT messageId, delay FROM _turns")) == turns_of(
+            held.values()), step
+        daily = Counter((m["createdAt"][:10], m["role"], None) for m in held.values())
+        assert {(d, r, w): n for d, r, w, n in conn.execute(
+            "SELECT day, role, direction, n FROM _daily") if n} == daily, step
+        assert {c: n for c, n in conn.execute("SELECT * FROM _conversation_counts") if n} == \
+            Counter(m["conversationId"] for m in held.values()), step
+
+
+def test_counts_kept_at_write_time_equal_a_pass_over_the_messages(db):
+    """The whole-mirror figures read from the counts the triggers keep equal those of a pass
+    over every message (a --since that is not a whole day takes that path)."""
+    with _open(db) as store:
+        for include_deleted in (False, True):
+            kept = stats(store, Filters(include_deleted=include_deleted))
+            scanned = stats(store, Filters(include_deleted=include_deleted,
+                                           since="2000-01-01T00:00:00.000001Z"))
+            assert {**kept, "since": None} == {**scanned, "since": None}
+    convs, msgs = load(db)
+    assert kept["messages"]["total"] == len(msgs)      # the deleted conversation's too
