@@ -63,8 +63,11 @@ commit. With 64 conversations a commit (0.1 s linger) a 20,000-conversation firs
 10.0x the database (1,859 MB for 185 MB; the issue saw 17x at 302 MB). The FTS merge at the
 end of a large run costs about 0.1x (kept: it makes common-word searches twice as fast). The writer now commits up to
 4,096 conversations or 16 MiB of records a transaction, lingering up to 10 s for a batch to
-fill, and lets 25,000 pages (100 MB) of WAL build up between checkpoints, so a page rewritten by
-many commits reaches the file once per checkpoint. The price is memory: the sync's peak RSS at
+fill, and lets 50,000 pages (200 MB) of WAL build up between checkpoints, so a page rewritten by
+many commits reaches the file once per checkpoint (the WAL is removed when the sync ends).
+What `syncer stats` keeps at write time (schema V4: answered turns, daily counts, covering
+indexes) costs about 0.3-0.5x more writes and a 25 % larger file; before it, the same sync wrote
+2.4-2.7x. V5 dropped the two message indexes that V4's wider ones cover. The price is memory: the sync's peak RSS at
 20,000 conversations went from 78 MB to 156 MB (`/usr/bin/time -v`), and a killed first sync
 refetches up to one batch (10 s) of work. Incremental runs are unchanged (their batches are
 small, and the end of a run commits at once).

@@ -32,7 +32,7 @@ RUN_COUNTERS = ("pages", "conversations_seen", "conversations_changed", "convers
                 "conversations_failed", "messages_written", "rejects", "gaps", "requests",
                 "retries", "throttled")
 _CHUNK = 500
-WAL_CHECKPOINT_PAGES = 25_000     # about 100 MB of WAL between checkpoints
+WAL_CHECKPOINT_PAGES = 50_000     # about 200 MB of WAL between checkpoints
 # what a record (not the disk or the database) can make SQLite refuse
 RECORD_FAULTS = (OverflowError, ValueError, TypeError, sqlite3.InterfaceError,
                  sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)

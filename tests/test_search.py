@@ -372,7 +372,9 @@ def test_a_filter_that_leaves_nothing_does_not_walk_the_matches(store, name):
     common_none, none = work(store, "the", NOTHING_LEFT[name])
     rare_none, none_either = work(store, "Οδυσσέας", NOTHING_LEFT[name])
     assert none == none_either == []
-    assert common_none <= rare_none + 3, (common_none, rare_none)
+    # a little slack: which rows a scan meets first follows the mirror's (threaded) write order
+    assert common_none <= rare_none + max(3, rare_none // 4), (common_none, rare_none)
+    assert common_none < common, (common_none, common)
 
 
 def test_cli_exact_scores_every_match(db, store, monkeypatch):
