@@ -112,13 +112,8 @@ class Store:
             # a page rewritten by many commits reaches the file once per checkpoint
             conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
             migrations.migrate(conn)
-        except sqlite3.Error as e:
-            if conn is not None:
-                conn.close()
-            raise cls.error_for(path, e) from None
-        except StoreError:
-            conn.close()  # type: ignore[union-attr]
-            raise
+        except (sqlite3.Error, StoreError) as e:
+            raise cls._given_up(conn, path, e) from None
         import sqlite_utils           # only writers use it; read commands start faster
         return cls(conn, path, sqlite_utils.Database(conn))
 
@@ -151,13 +146,8 @@ class Store:
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
             if check:
                 cls._check_intact(conn, path)
-        except sqlite3.Error as e:
-            if conn is not None:
-                conn.close()
-            raise cls.error_for(path, e) from None
-        except StoreError:
-            conn.close()  # type: ignore[union-attr]
-            raise
+        except (sqlite3.Error, StoreError) as e:
+            raise cls._given_up(conn, path, e) from None
         if app_id != migrations.APPLICATION_ID or version < 1:
             conn.close()
             raise StoreError(f"{path} was not made by syncer")
@@ -168,6 +158,15 @@ class Store:
             conn.close()
             raise StoreError(f"{path} has an older schema; run `syncer sync` once to upgrade it")
         return cls(conn, path)
+
+    @classmethod
+    def _given_up(cls, conn: sqlite3.Connection | None, path: str,
+                  e: sqlite3.Error | StoreError) -> StoreError:
+        """Opening failed: close the connection (a daemon retrying every tick must not leak
+        one) and say what to do in one line."""
+        if conn is not None:
+            conn.close()
+        return e if isinstance(e, StoreError) else cls.error_for(path, e)
 
     _RECOVERY = "restore it from a backup, or move it aside and run `syncer sync` to rebuild it"
 
