@@ -37,7 +37,7 @@ def _terminate(signum, frame):
 
 # The group's own options, which people also type after the command (`syncer search --db x.db
 # refund`): those taking a value, and the flags.
-GLOBAL_VALUED = ("--db", "--config", "--log-format", "--color")
+GLOBAL_VALUED = ("--db", "--config", "--log-format", "--color", "--tz")
 GLOBAL_FLAGS = ("--verbose", "--quiet", "-q")
 def _is_global(arg: str) -> bool:
     return (arg in GLOBAL_FLAGS or (arg.startswith("-v") and set(arg[1:]) == {"v"})
@@ -119,8 +119,12 @@ class SyncerGroup(click.Group):
 @click.option("--color", type=Choice(["auto", "always", "never"]), default="auto",
               show_default=True,
               help="Highlight matches in colour (auto: on a terminal, unless NO_COLOR is set).")
+@click.option("--tz", metavar="local|UTC|ZONE",
+              help="Show times in this zone (default UTC; also SYNCER_TZ or [display].tz), "
+                   "e.g. Europe/Paris; dates typed without an offset (--since) are read in "
+                   "it. JSON, JSON Lines, CSV and exports stay ISO 8601 in UTC.")
 @click.pass_context
-def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format, color):
+def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format, color, tz):
     """Mirror Runtype messaging conversations into SQLite and use them offline.
 
     The options above also work after the command (`syncer search --db x.db refund`).
@@ -134,7 +138,7 @@ def main(ctx: click.Context, config_path, db_path, verbose, quiet, log_format, c
     """
     setup_logging(verbose=verbose, quiet=quiet, fmt=log_format,
                   secret=os.environ.get(config.API_KEY_ENV))
-    ctx.obj = App(config_path, db_path, log_format, color=color)
+    ctx.obj = App(config_path, db_path, log_format, color=color, tz=tz)
 
 
 @main.command()
@@ -399,7 +403,7 @@ def doctor(app: App):
       syncer --config /etc/syncer/syncer.toml --db /var/lib/syncer/mirror.db doctor
     """
     from .doctor import examine
-    report = examine(app.config_path, app.db_path)
+    report = examine(app.config_path, app.db_path, tz_flag=app.tz)
     click.echo(f"configuration ({report.config_file or 'no config file'}):")
     name_width = max(len(name) for name, _, _ in report.values)
     value_width = min(40, max(len(shown) for _, shown, _ in report.values))

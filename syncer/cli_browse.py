@@ -43,7 +43,8 @@ def filter_options(f):
         click.option("--surface", multiple=True,
                      help="Surface id or type, e.g. surface_002 or email (repeatable)."),
         click.option("--role", multiple=True, help="Message role, e.g. user (repeatable)."),
-        click.option("--since", help="From this date/time or this long ago (2024-05-01, 7d)."),
+        click.option("--since", help="From this date/time or this long ago (2024-05-01, "
+                                     "2024-05-01T10:00, 7d); without an offset, in --tz."),
         click.option("--until", help="Before this date/time (a date means its end) or ago."),
         click.option("--conversation", "conversation_id", help="Only this conversation."),
         click.option("--participant", help="Part of the participant's name or email."),
@@ -54,10 +55,12 @@ def filter_options(f):
     @functools.wraps(f)
     def wrapper(*args, status, surface, role, since, until, conversation_id, participant,
                 include_deleted, **kwargs):
+        # a date or time typed without an offset is read in the zone times are shown in
+        zone = click.get_current_context().find_object(App).zone() if since or until else None
         kwargs["filters"] = query.Filters(
             status=status, surface=surface, role=role,
-            since=query.parse_time(since) if since else None,
-            until=query.parse_time(until, end=True) if until else None,
+            since=query.parse_time(zone.read(since)) if since else None,
+            until=query.parse_time(zone.read(until, end=True), end=True) if until else None,
             conversation=conversation_id, participant=participant,
             include_deleted=include_deleted)
         return f(*args, **kwargs)
@@ -104,14 +107,15 @@ def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[
         mark = BOLD if color else ("[", "]")
         click.echo(render.table(rows, columns, _term_width(),
                                 style=lambda s: render.marked(s, mark) + (BOLD[1] if color else "")
-                                if query.MARK[0] in s else s), color=color)
+                                if query.MARK[0] in s else s, zone=app.zone()), color=color)
         return
     rows = render.plain_snippets(rows)
     {"json": render.dump_json, "jsonl": render.dump_jsonl, "csv": render.dump_csv}[fmt](rows, out)
 
 
-SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time (UTC)"), ("role", "role"), ("participantName", "participant"),
-                  ("subject", "subject"), ("snippet", "match")]
+SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time"), ("role", "role"),
+                  ("participantName", "participant"), ("subject", "subject"),
+                  ("snippet", "match")]
 
 
 @command()
@@ -170,7 +174,7 @@ def show(app: App, conversation_id, fmt, no_pager):
     if _fmt(fmt, "json") == "json":
         render.dump_json(thread, sys.stdout)
         return
-    text = _thread_text(thread)
+    text = _thread_text(thread, app.zone())
     if (not no_pager and sys.stdout.isatty()
             and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
         click.echo_via_pager(text)
@@ -178,24 +182,28 @@ def show(app: App, conversation_id, fmt, no_pager):
         click.echo(text)
 
 
-def _thread_text(t: dict) -> str:
+def _thread_text(t: dict, zone) -> str:
+    """The thread for people; every time in `zone`, labelled."""
+    def when(value):
+        return render.when(value, zone)
+
     held, count = t["_messages_held"], t["messageCount"]
     complete = "complete" if t["_messages_complete"] else f"incomplete ({held} of {count} held)"
     surface = (t.get("surface") or {}).get("name") or t["surfaceId"]
     lines = [f"{t['subject'] or '(no subject)'}",
              f"  {t['id']}  {t['status']}  via {surface}",
              f"  participant: {t['participantName'] or ''} <{t['participantEmail'] or ''}>",
-             f"  created {render.when(t['createdAt'])}  updated {render.when(t['updatedAt'])}  "
-             f"last message {render.when(t['lastMessageAt'])}",
+             f"  created {when(t['createdAt'])}  updated {when(t['updatedAt'])}  "
+             f"last message {when(t['lastMessageAt'])}",
              f"  {count} messages, {complete}" +
-             (f"; DELETED upstream at {t['_deleted_at']}" if t["_deleted_at"] else ""), ""]
+             (f"; DELETED upstream at {when(t['_deleted_at'])}" if t["_deleted_at"] else ""), ""]
     for m in t["messages"]:
-        lines.append(f"[{render.when(m['createdAt'])}] {m['role']}:")
+        lines.append(f"[{when(m['createdAt'])}] {m['role']}:")
         lines += ["    " + line for line in (m["content"] or "").splitlines() or [""]]
     return "\n".join(lines)
 
 
-CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated (UTC)"), ("status", "status"),
+CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "status"),
                         ("surfaceId", "surface"), ("messageCount", "msgs"),
                         ("participantName", "participant"), ("subject", "subject")]
 

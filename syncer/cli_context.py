@@ -1,5 +1,5 @@
 """What every command of the command line shares: the application object the group builds
-in ctx.obj (settings on demand, colour), the command class, click's Choice with a suggestion,
+in ctx.obj (settings on demand, colour, the display zone), the command class, click's Choice with a suggestion,
 and the stop handlers of the long-running commands. cli.py assembles the group; cli_browse.py
 and cli_ops.py define commands on top of this module, so imports run one way."""
 from __future__ import annotations
@@ -11,11 +11,11 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import click
 
-from . import config
+from . import config, zones
 from .logs import redact
 
 log = logging.getLogger("syncer")
@@ -30,12 +30,25 @@ class App:
     log_format: str = "text"
     color: str = "auto"
     database: str | None = None      # the database the command uses, for errors about it
+    tz: str | None = None            # --tz as given
+    _zone: zones.Zone | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.tz is not None:      # refused at once, even by a command that shows no time
+            config.display_zone(self.tz, None, {}, "")
 
     def settings(self, **overrides) -> config.Settings:
-        settings = config.load(self.config_path, db_path=self.db_path, **overrides)
+        settings = config.load(self.config_path, db_path=self.db_path, tz=self.tz, **overrides)
         redact(settings.api_key)     # a key from the file is scrubbed from the logs too
         self.database = settings.db_path
+        self._zone = settings.zone
         return settings
+
+    def zone(self) -> zones.Zone:
+        """The zone times are shown in (--tz > SYNCER_TZ > [display].tz > UTC)."""
+        if self._zone is None:
+            self.settings()
+        return self._zone
 
     def use_color(self) -> bool:
         """--color always/never, else colour only on a terminal and without NO_COLOR."""

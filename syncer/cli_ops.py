@@ -102,7 +102,7 @@ def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
         info["check"] = {"healthy": healthy, "max_age_seconds": max_seconds, "message": message}
         click.echo(json.dumps(info, indent=2))
     else:
-        click.echo(status.render(info))
+        click.echo(status.render(info, app.zone()))
         if check:
             click.echo(message)
     if check and not healthy:

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import zones
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 API_KEY_ENV = "RUNTYPE_API_KEY"
+TZ_ENV = "SYNCER_TZ"
 DEFAULT_CONFIG_FILE = "syncer.toml"
 STATUSES = ("open", "closed", "archived", "all")
 ON_DELETE = ("keep", "purge")
@@ -59,6 +61,9 @@ DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
         "interval": ("15m", "duration"),
         "cron": (None, "str"),
         "jitter": ("10s", "duration"),
+    },
+    "display": {
+        "tz": ("UTC", "str"),
     },
 }
 
@@ -128,6 +133,7 @@ class Settings:
     schedule_interval: float = 900.0
     schedule_cron: str | None = None
     schedule_jitter: float = 10.0
+    zone: zones.Zone = zones.DEFAULT     # where times are shown to people (not stored)
     config_file: str | None = None
     key_source: str = API_KEY_ENV    # where api_key came from, for errors about it
 
@@ -278,8 +284,8 @@ def _stripped(env: Mapping[str, object], name: str, label: str | None = None) ->
 
 def load(config_path: str | None = None, *, db_path: str | None = None,
          base_url: str | None = None, allow_insecure_http: bool | None = None,
-         env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings. Flags (db_path, base_url) > environment > file > defaults."""
+         tz: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings. Flags (db_path, base_url, tz) > environment > file > defaults."""
     env = os.environ if env is None else env
     path = Path(config_path) if config_path else Path(DEFAULT_CONFIG_FILE)
     file_values = read_file(path) if (config_path or path.exists()) else {}
@@ -314,6 +320,7 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
                   else "the default [api].base_url")
     url = check_base_url(str(base_url or env_url or get("api", "base_url")), allow_insecure,
                          url_source)
+    zone = display_zone(tz, _stripped(env, TZ_ENV), file_values, source)
     env_key = _stripped(env, API_KEY_ENV)
     file_key = _stripped(file_values.get("api", {}), "key", f"[api].key in {source}")
     return Settings(
@@ -338,8 +345,24 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
         schedule_interval=_as_seconds(get("schedule", "interval")),
         schedule_cron=get("schedule", "cron"),  # type: ignore[arg-type]
         schedule_jitter=_as_seconds(get("schedule", "jitter")),
+        zone=zone,
         config_file=str(path) if file_values or config_path else None,
     )
+
+
+def display_zone(flag: str | None, env_value: str | None, file_values: dict,
+                 source: str) -> zones.Zone:
+    """The zone times are shown in: --tz > SYNCER_TZ > [display].tz > UTC; ConfigError naming
+    where an unknown zone came from."""
+    in_file = file_values.get("display", {}).get("tz")
+    spec, where = ((flag, "--tz") if flag is not None else
+                   (env_value, TZ_ENV) if env_value else
+                   (in_file, f"[display].tz in {source}") if in_file is not None else
+                   (zones.UTC, "the default"))
+    try:
+        return zones.parse_zone(spec)
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _as_seconds(value: object) -> float:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 # Values the environment (or --db) can set, and from where.
 ENV_FOR = {("api", "base_url"): "RUNTYPE_BASE_URL", ("api", "key"): config.API_KEY_ENV,
-           ("store", "path"): "SYNCER_DB"}
+           ("store", "path"): "SYNCER_DB", ("display", "tz"): config.TZ_ENV}
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
@@ -44,7 +44,7 @@ class Report:
         self.checks.append(Check(ok, text))
 
 
-def examine(config_path: str | None, db_flag: str | None, *,
+def examine(config_path: str | None, db_flag: str | None, *, tz_flag: str | None = None,
             env: Mapping[str, str] | None = None, transport=None) -> Report:
     """Everything `syncer doctor` shows. `transport` is for tests only."""
     env = os.environ if env is None else env
@@ -57,9 +57,10 @@ def examine(config_path: str | None, db_flag: str | None, *,
             file_values = config.read_file(path)
         except ConfigError as e:
             report.add(False, f"config file: {e}")
-    report.values = _values(file_values, report.config_file, db_flag, env)
+    report.values = _values(file_values, report.config_file, {("store", "path"): db_flag,
+                                                               ("display", "tz"): tz_flag}, env)
     try:
-        settings = config.load(config_path, db_path=db_flag, env=env)
+        settings = config.load(config_path, db_path=db_flag, tz=tz_flag, env=env)
     except ConfigError as e:
         if not report.checks:
             report.add(False, f"configuration: {e}")
@@ -72,15 +73,16 @@ def examine(config_path: str | None, db_flag: str | None, *,
     return report
 
 
-def _values(file_values: dict, file: str | None, db_flag: str | None,
+def _values(file_values: dict, file: str | None, flags: dict[tuple[str, str], str | None],
             env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     rows = []
     for section, keys in config.DEFAULTS.items():
         for key, (default, _kind) in keys.items():
             name = f"[{section}].{key}"
             env_name = ENV_FOR.get((section, key))
-            if (section, key) == ("store", "path") and db_flag:
-                value, source = db_flag, "--db"
+            if flags.get((section, key)):
+                value = flags[(section, key)]
+                source = "--db" if (section, key) == ("store", "path") else "--tz"
             elif env_name and (env.get(env_name) or "").strip():
                 value, source = env[env_name].strip(), env_name
             elif key in file_values.get(section, {}):

@@ -4,6 +4,8 @@ Machine formats are stable: keys are the column names of the store (migrations.p
 documented extras (`kind`, `snippet`, `rank` for search hits); JSON fields are nested objects in
 JSON and JSON Lines and JSON text in CSV; NULL is null in JSON and an empty field in CSV.
 Highlighted words in a snippet are wrapped in `**` in every format but a terminal table.
+Times are stored UTC and stay so in machine formats; text for people shows them in one style,
+in the display zone, labelled (zones.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import TextIO
 import wcwidth
 
 from .query import MARK
+from .zones import DEFAULT, Zone
 
 LISTING_FORMATS = ("table", "json", "jsonl", "csv")
 PLAIN_MARK = ("**", "**")
@@ -78,11 +81,11 @@ def fit(text: str, limit: int) -> str:
 
 
 def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], total_width: int,
-          style: Callable[[str], str] = lambda s: s) -> str:
+          style: Callable[[str], str] = lambda s: s, zone: Zone = DEFAULT) -> str:
     """An aligned table of `columns` ((key, title) pairs) that fits `total_width` columns of a
     terminal: the widest column gives way first, down to a few characters each. `style` is
-    applied to a cell after fitting (for highlight markers)."""
-    cells = [[_cell(r.get(key)) for key, _ in columns] for r in rows]
+    applied to a cell after fitting (for highlight markers); times are shown in `zone`."""
+    cells = [[_cell(r.get(key), zone) for key, _ in columns] for r in rows]
     widths = [max([width(title)] + [width(" ".join(c[i].split())) for c in cells])
               for i, (_, title) in enumerate(columns)]
     room = total_width - 2 * (len(columns) - 1)
@@ -96,18 +99,17 @@ def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], total_width:
     return "\n".join(lines)
 
 
-def when(value: str | None) -> str:
-    """A stored timestamp as shown to people: one style everywhere, to the minute, in UTC."""
-    if not value:
-        return "-"
-    return f"{value[:10]} {value[11:16]} UTC"
+def when(value: str | None, zone: Zone = DEFAULT) -> str:
+    """A stored timestamp as shown to people: one style everywhere, to the minute, in `zone`,
+    labelled with it (`2024-05-01 14:03 CEST`)."""
+    return zone.show(value)
 
 
-def _cell(value: object) -> str:
+def _cell(value: object, zone: Zone) -> str:
     if value is None:
         return ""
     if isinstance(value, str) and len(value) == 27 and value.endswith("Z") and value[10] == "T":
-        return when(value)
+        return zone.show(value)
     return str(value)
 
 

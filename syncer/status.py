@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from . import lock
 from .store import Store
 from .transform import parse_instant
+from .zones import DEFAULT, Zone
 
 RUN_FIELDS = ("id", "started_at", "finished_at", "outcome", "mode", "conversations_seen",
               "conversations_changed", "conversations_deleted", "conversations_failed",
@@ -130,9 +131,10 @@ def _megabytes(n: int) -> str:
     return f"{n / 1_048_576:.1f} MB" if n >= 1_048_576 else f"{n / 1024:.0f} kB"
 
 
-def render(status: dict) -> str:
-    """The human-readable status, one fact per line, then the recent runs as a table."""
-    s = status
+def render(status: dict, zone: Zone = DEFAULT) -> str:
+    """The human-readable status, one fact per line, then the recent runs as a table; every
+    time in `zone`, labelled."""
+    s, when = status, zone.show
     c = s["conversations"]
     lines = [f"database    {s['database']} ({_megabytes(s['size_bytes'])})",
              f"mirror      {c['live']} conversations ({c['deleted']} deleted upstream), "
@@ -140,12 +142,12 @@ def render(status: dict) -> str:
              f"upstream    {s['upstream'] or 'not recorded yet (the next sync records it)'}"]
     w = s["writer"]
     lines.append("writer      " + (f"{'daemon' if w.get('role') == 'daemon' else 'sync'} "
-                                   f"pid {w.get('pid')} since {w.get('since')}" if w else "none"))
+                                   f"pid {w.get('pid')} since {when(w.get('since'))}" if w else "none"))
     last = s["last_success"]
-    lines.append("last ok     " + (f"{last['finished_at']} ({ago(last['age_seconds'])})"
+    lines.append("last ok     " + (f"{when(last['finished_at'])} ({ago(last['age_seconds'])})"
                                    if last else "never"))
     m = s["watermark"]
-    lines.append("watermark   " + (f"{m['value']} (complete through {m['complete_through']}, "
+    lines.append("watermark   " + (f"{when(m['value'])} (complete through {when(m['complete_through'])}, "
                                    f"{duration(m['behind_seconds'])} behind)" if m else
                                    "none yet (the next run walks the whole list)"))
     queue = s["queue"]
@@ -170,7 +172,7 @@ def render(status: dict) -> str:
               "requests", "retries", "429s")
     rows = [header]
     for r in s["runs"]:
-        rows.append((r["started_at"][:19].replace("T", " "), duration(r["seconds"]),
+        rows.append((when(r["started_at"]), duration(r["seconds"]),
                      r["outcome"], r["mode"], str(r["conversations_changed"]),
                      str(r["conversations_deleted"]), str(r["messages_written"]),
                      str(r["requests"]), str(r["retries"]), str(r["throttled"])))
@@ -180,5 +182,5 @@ def render(status: dict) -> str:
                                for i, v in enumerate(row)).rstrip())
     errors = [r for r in s["runs"] if r["error"]]
     if errors:
-        lines.append(f"last error  {errors[0]['started_at'][:19]}: {errors[0]['error']}")
+        lines.append(f"last error  {when(errors[0]['started_at'])}: {errors[0]['error']}")
     return "\n".join(lines)

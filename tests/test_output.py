@@ -56,7 +56,7 @@ def test_search_table_shows_the_conversation_id(db):
                                   "--limit", "3"], env={"COLUMNS": "200"})
     assert r.exit_code == 0, r.output
     head, *rows = r.output.splitlines()
-    assert head.startswith("conversation") and "time (UTC)" in head
+    assert head.startswith("conversation") and " time " in head
     assert len(rows) == 3 and all(re.match(r"conv_\w+ +\d{4}-\d\d-\d\d \d\d:\d\d UTC", row)
                                   for row in rows), rows
 

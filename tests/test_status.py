@@ -105,7 +105,7 @@ def test_status_text_and_check_once_the_next_run_succeeds(synced):
     table = lines[lines.index("") + 1:-1]
     assert table[0].split() == ["started", "took", "outcome", "mode", "changed", "deleted",
                                 "messages", "requests", "retries", "429s"]
-    assert [row.split()[3] for row in table[1:]] == ["ok", "partial"]
+    assert [row.split()[4] for row in table[1:]] == ["ok", "partial"]   # after "date time UTC took"
 
 
 def test_check_fails_when_the_last_success_is_older_than_max_age(synced):
