@@ -95,9 +95,11 @@ def _term_width() -> int:
 
 
 def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[str, str]],
-               shown: str | None = None) -> None:
+               shown: str | None = None, optional: tuple[str, ...] = ()) -> None:
     """`rows` in `fmt`; on a terminal, `shown` (how many of how many) or "no matches" goes to
-    stderr, so that a cut list says so and piped output stays data."""
+    stderr, so that a cut list says so and piped output stays data. A table never cuts an id
+    (it is what `syncer show` takes) or a time, and leaves out the `optional` columns when the
+    terminal is too narrow for them."""
     fmt = _fmt(fmt, "jsonl")
     out = sys.stdout
     if sys.stdout.isatty() and (shown or not rows):
@@ -107,12 +109,14 @@ def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[
         mark = BOLD if color else ("[", "]")
         click.echo(render.table(rows, columns, _term_width(),
                                 style=lambda s: render.marked(s, mark) + (BOLD[1] if color else "")
-                                if query.MARK[0] in s else s, zone=app.zone()), color=color)
+                                if query.MARK[0] in s else s, zone=app.zone(), whole=WHOLE,
+                                optional=optional, marks=0 if color else 1), color=color)
         return
     rows = render.plain_snippets(rows)
     {"json": render.dump_json, "jsonl": render.dump_jsonl, "csv": render.dump_csv}[fmt](rows, out)
 
 
+WHOLE = ("id", "conversationId", "createdAt", "updatedAt")
 SEARCH_COLUMNS = [("conversationId", "conversation"), ("createdAt", "time"), ("role", "role"),
                   ("participantName", "participant"), ("subject", "subject"),
                   ("snippet", "match")]
@@ -152,7 +156,8 @@ def search(app: App, words, fts, scope, exact, limit, offset, filters, fmt):
     more = len(hits) > limit
     shown = (f"showing {limit:,} of more than {limit:,} matches (use --limit or --offset)"
              if more else None)
-    _emit_rows(app, hits[:limit], fmt, SEARCH_COLUMNS, shown)
+    _emit_rows(app, hits[:limit], fmt, SEARCH_COLUMNS, shown,
+               optional=("participantName", "subject"))
 
 
 @command()
@@ -232,7 +237,8 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
             total = query.count_conversations(store, filters)
             if total > offset + limit:
                 shown = f"showing {len(rows):,} of {total:,} (use --limit or --offset)"
-    _emit_rows(app, rows, fmt, CONVERSATION_COLUMNS, shown)
+    _emit_rows(app, rows, fmt, CONVERSATION_COLUMNS, shown,
+               optional=("surfaceId", "participantName"))
 
 
 @command()

@@ -168,7 +168,8 @@ def _check_api(report: Report, settings: config.Settings, transport) -> None:
             body, headers = client.probe()
     except AuthError as e:
         report.add(True, f"API at {settings.base_url}: reachable")
-        report.add(False, f"API key refused ({e}): check {settings.key_source}")
+        problem = "refused" if e.status == 401 else "lacks messaging read scope"
+        report.add(False, f"API key {problem} (HTTP {e.status}): check {settings.key_source}")
         return
     except (ApiError, SyncerError) as e:
         report.add(False, f"API at {settings.base_url}: {e}")

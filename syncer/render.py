@@ -20,6 +20,7 @@ from .query import MARK
 from .zones import DEFAULT, Zone
 
 LISTING_FORMATS = ("table", "json", "jsonl", "csv")
+USEFUL = 12      # a table column narrower than this says too little to be worth its place
 PLAIN_MARK = ("**", "**")
 
 
@@ -52,50 +53,66 @@ def dump_csv(rows: Sequence[dict], out: TextIO, columns: Sequence[str] | None = 
                          if isinstance(row.get(c), (dict, list)) else row[c] for c in columns])
 
 
-def width(text: str) -> int:
+def width(text: str, marks: int = 0) -> int:
     """Columns a string takes on a terminal: wide (CJK, most emoji) take two, combining marks
-    and the highlight markers none."""
-    return sum(0 if ch in MARK else max(wcwidth.wcwidth(ch), 0) for ch in text)
+    none, and each highlight marker `marks` (0 when it becomes a colour, 1 as a bracket)."""
+    return sum(marks if ch in MARK else max(wcwidth.wcwidth(ch), 0) for ch in text)
 
 
-def fit(text: str, limit: int) -> str:
-    """`text` on one line in exactly `limit` columns: cut with an ellipsis, or padded. A
-    highlighted match that would be cut off is brought into view by cutting the start instead."""
+def fit(text: str, limit: int, marks: int = 0) -> str:
+    """`text` on one line in exactly `limit` columns (highlight markers `marks` wide each): cut
+    with an ellipsis, or padded. A highlighted match that would be cut off is brought into view
+    by cutting the start instead."""
     text = " ".join(text.split())
-    if width(text) <= limit:
-        return text + " " * (limit - width(text))
+    if width(text, marks) <= limit:
+        return text + " " * (limit - width(text, marks))
     start = text.find(MARK[0])
-    if start > 0 and width(text[:text.find(MARK[1], start) + 1]) > limit - 1:
+    if start > 0 and width(text[:text.find(MARK[1], start) + 1], marks) > limit - 1:
         text = "…" + text[max(0, start - max(limit // 4, 1)):]
-    out, used = [], 0
+    out, used, is_open = [], 0, False
     for ch in text:
-        w = width(ch)
-        if used + w > limit - 1:
+        w = width(ch, marks)
+        opens = ch == MARK[0] or (is_open and ch != MARK[1])
+        if used + w + 1 + (marks if opens else 0) > limit:   # room for "…" and a closing mark
             break
         out.append(ch)
-        used += w
+        used, is_open = used + w, opens
     cut = "".join(out)
-    if cut.count(MARK[0]) > cut.count(MARK[1]):
+    if is_open:
         cut += MARK[1]                            # a highlight cut in its middle ends here
+        used += marks
     return cut + "…" + " " * (limit - 1 - used)
 
 
 def table(rows: Sequence[dict], columns: Sequence[tuple[str, str]], total_width: int,
-          style: Callable[[str], str] = lambda s: s, zone: Zone = DEFAULT) -> str:
+          style: Callable[[str], str] = lambda s: s, zone: Zone = DEFAULT,
+          whole: Sequence[str] = (), optional: Sequence[str] = (), marks: int = 0) -> str:
     """An aligned table of `columns` ((key, title) pairs) that fits `total_width` columns of a
-    terminal: the widest column gives way first, down to a few characters each. `style` is
-    applied to a cell after fitting (for highlight markers); times are shown in `zone`."""
-    cells = [[_cell(r.get(key), zone) for key, _ in columns] for r in rows]
-    widths = [max([width(title)] + [width(" ".join(c[i].split())) for c in cells])
-              for i, (_, title) in enumerate(columns)]
+    terminal: the widest column gives way first, down to a few characters each. Columns named
+    in `whole` (ids, times) are never cut; when the others would get fewer than USEFUL
+    characters each, the `optional` ones are left out, first named first. `style` is applied to
+    a cell after fitting (for highlight markers, `marks` columns wide each once styled); times are
+    shown in `zone`."""
+    natural = {key: max([width(title)] + [width(" ".join(_cell(r.get(key), zone).split()), marks)
+                                          for r in rows]) for key, title in columns}
+    columns = list(columns)
+    for key in optional:
+        room = total_width - 2 * (len(columns) - 1) - sum(natural[k] for k, _ in columns
+                                                          if k in whole)
+        if room >= sum(min(natural[k], USEFUL) for k, _ in columns if k not in whole):
+            break
+        columns = [c for c in columns if c[0] != key]
+    widths = [natural[key] for key, _ in columns]
+    shrinkable = [i for i, (key, _) in enumerate(columns) if key not in whole]
     room = total_width - 2 * (len(columns) - 1)
-    while sum(widths) > room and max(widths) > 6:
-        widest = widths.index(max(widths))
+    while shrinkable and sum(widths) > room and max(widths[i] for i in shrinkable) > 6:
+        widest = max(shrinkable, key=lambda i: widths[i])
         widths[widest] -= max(1, (sum(widths) - room) // 4)
         widths[widest] = max(widths[widest], 6)
+    cells = [[_cell(r.get(key), zone) for key, _ in columns] for r in rows]
     lines = ["  ".join(fit(title, w) for (_, title), w in zip(columns, widths)).rstrip()]
     for row in cells:
-        lines.append("  ".join(style(fit(c, w)) for c, w in zip(row, widths)).rstrip())
+        lines.append("  ".join(style(fit(c, w, marks)) for c, w in zip(row, widths)).rstrip())
     return "\n".join(lines)
 
 

@@ -61,6 +61,20 @@ def test_search_table_shows_the_conversation_id(db):
                                   for row in rows), rows
 
 
+@pytest.mark.parametrize("command", [["search", "the"], ["conversations"]])
+def test_at_80_columns_ids_and_times_stay_whole_and_an_id_opens_with_show(db, command):
+    r = CliRunner().invoke(main, ["--db", db, *command, "--format", "table", "--limit", "5"],
+                           env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    head, *rows = r.output.splitlines()
+    assert len(rows) == 5 and all(render.width(line) <= 80 for line in r.output.splitlines())
+    for row in rows:
+        assert re.match(r"conv_[0-9a-f]{20}  +\d{4}-\d\d-\d\d \d\d:\d\d UTC  ", row), row
+        shown = CliRunner().invoke(main, ["--db", db, "show", row.split()[0], "--format", "json"])
+        assert shown.exit_code == 0, shown.output
+    assert head.split()[-1] == ("match" if command[0] == "search" else "subject")
+
+
 def test_tables_fit_the_terminal_in_display_columns():
     rows = [{"id": "conv_1", "who": "名前のとても長い参加者😀😀😀", "text": "x" * 300},
             {"id": "conv_2", "who": "Ana", "text": "مرحبا " * 30}]

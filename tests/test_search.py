@@ -312,7 +312,7 @@ def test_cli_formats(db, fmt):
     lines = result.output.splitlines()
     assert len(lines) == (5 if fmt == "jsonl" else 6)
     if fmt == "table":
-        assert lines[0].split() == ["conversation", "time", "(UTC)", "role", "participant", "subject", "match"]
+        assert lines[0].split() == ["conversation", "time", "role", "participant", "subject", "match"]
 
 
 @pytest.mark.parametrize("words", [['"'], ["-"], ["NEAR"], ["AND"], ["don't", "C++"], ["("]])
