@@ -77,7 +77,7 @@ def _values(file_values: dict, file: str | None, flags: dict[tuple[str, str], st
             env: Mapping[str, str]) -> list[tuple[str, str, str]]:
     rows = []
     for section, keys in config.DEFAULTS.items():
-        for key, (default, _kind) in keys.items():
+        for key, (default, kind) in keys.items():
             name = f"[{section}].{key}"
             env_name = ENV_FOR.get((section, key))
             if flags.get((section, key)):
@@ -92,8 +92,17 @@ def _values(file_values: dict, file: str | None, flags: dict[tuple[str, str], st
             if key == "key":
                 value = "set" if value else "unset"
                 source = source if value == "set" else f"set {config.API_KEY_ENV}"
+            if kind == "duration" and isinstance(value, (int, float)):
+                value = _duration(value)     # as the file would say it, not 86400.0
             rows.append((name, _shown(value), source))
     return rows
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size:.0f}{unit}"
+    return f"{seconds:g}s"
 
 
 def _shown(value: object) -> str:

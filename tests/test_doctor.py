@@ -41,7 +41,8 @@ def served(tmp_path_factory):
 
 def test_all_ok_names_every_source_and_never_the_key(served, tmp_path):
     db = tmp_path / "mirror.db"
-    (tmp_path / "syncer.toml").write_text("[api]\ntimeout = 12.5\n")
+    (tmp_path / "syncer.toml").write_text('[api]\ntimeout = 12.5\n[sync]\nreconcile_every = "1d"\n'
+                                          '[schedule]\njitter = 90\n')
     from syncer.config import Settings
     from syncer.runner import run_sync
     run_sync(Settings(base_url=served.base_url, api_key=KEY, db_path=str(db)))
@@ -55,6 +56,9 @@ def test_all_ok_names_every_source_and_never_the_key(served, tmp_path):
     assert values["[api].timeout"] == "12.5 (syncer.toml)"
     assert values["[store].path"] == f"{db} (--db)"
     assert values["[api].page_size"] == "100 (default)"
+    assert values["[sync].reconcile_every"] == "1d (syncer.toml)"   # as written, not 86400.0
+    assert values["[schedule].jitter"] == "90s (syncer.toml)"
+    assert values["[sync].lookback"] == "10m (default)"
     found = checks(r)
     assert all(c.startswith("OK ") for c in found), found
     assert f"OK database: {db} (15 live conversations)" in found
