@@ -42,7 +42,8 @@ def test_parquet_without_pyarrow_names_the_real_extra(tmp_path, monkeypatch):
 def test_readme_puts_syncer_on_path_before_calling_it_bare():
     first_bare = README.index("\nsyncer ")
     assert README.index(". .venv/bin/activate") < first_bare
-    assert README.index("pipx install") < first_bare
+    pipx = README.index("pipx install")          # the other way, with what makes it work
+    assert README.index("pipx ensurepath", pipx) < README.index("\nsyncer ", pipx)
 
 
 def test_the_unattended_recipes_create_their_user_and_paths():
