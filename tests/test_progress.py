@@ -25,7 +25,7 @@ CLOCK = r"\d+:\d\d"
 
 def on_terminal(args, env, *, columns=80, when=None):
     """`syncer ARGS` with stderr on a pseudo-terminal: (stderr as sent, stdout, exit code).
-    `when(text_so_far)` is called as stderr arrives."""
+    `when(text_so_far, process)` is called as stderr arrives."""
     master, slave = pty.openpty()
     env = dict(env, COLUMNS=str(columns))
     with subprocess.Popen([sys.executable, "-m", "syncer", *args], stderr=slave,
@@ -43,7 +43,7 @@ def on_terminal(args, env, *, columns=80, when=None):
                 break
             raw += chunk
             if when:
-                when(raw.decode(errors="replace"))
+                when(raw.decode(errors="replace"), proc)
         os.close(master)
         out = proc.stdout.read().decode()
         code = proc.wait(timeout=60)
@@ -95,15 +95,16 @@ def test_sync_on_a_terminal_shows_progress_that_log_lines_never_glue_onto(tmp_pa
                                           "max_retries = 0\n")
     args = ["--config", str(tmp_path / "syncer.toml"), "--db", str(tmp_path / "m.db"), "sync"]
     with SimulatorServer(upstream, behaviour) as server:
-        raw, out, code = on_terminal(args, process_env(server), columns=70,
-                                     when=lambda text: "walked" in text and seen.set())
+        raw, out, code = on_terminal(args, process_env(server), columns=80,
+                                     when=lambda text, proc: "walked" in text and seen.set())
         behaviour.on_request = None
         assert code == 1, raw + out
         drawn = frames(raw)
-        assert drawn and all(len(f) <= 69 for f in drawn), drawn
-        assert all(re.match(rf"{CLOCK}  walked \d+/(\d+ )?", f) for f in drawn), drawn
-        assert any(re.search(r"walked \d+/60 conversations  .*\d messages? \([\d,]+ written\)",
-                             f) for f in drawn), drawn
+        assert drawn and all(len(f) <= 79 for f in drawn), drawn
+        assert all(re.match(rf"{CLOCK}  walked \d+(/60)?( conversations)?  ", f)
+                   for f in drawn), drawn
+        assert any(re.search(r"walked \d+/60 conversations  .*\d messages?\b", f)
+                   for f in drawn), drawn
         shown = [row for row in screen(raw) if row]
         warning = [row for row in shown if "WARNING" in row]
         assert len(warning) == 1 and re.fullmatch(
@@ -119,6 +120,42 @@ def test_sync_on_a_terminal_shows_progress_that_log_lines_never_glue_onto(tmp_pa
         shown = [row for row in screen(raw) if row]
         assert shown == [f"resuming: 1 conversation queued from the last run; {written} "
                          "messages already held"]
+
+
+def test_an_interrupted_sync_says_what_is_left_and_the_next_run_resumes_it(tmp_path):
+    upstream = generate(seed=48, conversations=80, messages_per_conversation=3)
+    released = threading.Event()
+
+    def hold(method, path, query):
+        if path.endswith("/messages"):
+            released.wait(30)
+
+    def interrupt(text, proc):
+        if "walked 80/80" in text and not hasattr(proc, "signalled"):
+            proc.signalled = True
+            proc.send_signal(signal.SIGINT)
+        if "SIGINT: stopping" in text:
+            released.set()
+
+    args = ["--db", str(tmp_path / "m.db"), "sync"]
+    with SimulatorServer(upstream, Behaviour(message_paging="offset", on_request=hold)) as server:
+        raw, out, code = on_terminal(args, process_env(server), when=interrupt)
+        assert code == 1, raw + out
+        shown = [row for row in screen(raw) if row]
+        assert len(shown) == 1 and re.fullmatch(
+            r"\d\d:\d\d:\d\d WARNING SIGINT: stopping after the work in hand \(signal again to "
+            r"quit at once\)", shown[0]), shown
+        assert out.startswith("sync interrupted (full) in ")
+        left = re.search(r"\n  stopped before the end: ([\d,]+) conversations? (is|are) still "
+                         r"queued; the next `syncer sync` resumes from there\n", out)
+        assert left and int(left[1]) > 0, out
+
+        raw, out, code = on_terminal(args, process_env(server))
+        assert code == 0, raw + out
+        shown = [row for row in screen(raw) if row]
+        assert len(shown) == 1 and re.fullmatch(
+            rf"resuming: {left[1]} conversations? queued from the last run; [\d,]+ messages? "
+            r"already held", shown[0]), shown
 
 
 @pytest.mark.parametrize("options", [["-q"], ["--log-format", "json"]])
