@@ -258,14 +258,18 @@ class TerminalLine:
         with self._lock:
             if not self._at_line_start:
                 return
-            text = line(self.tally.snapshot(), columns(self.stream) - 1)
-            self.stream.write("\r" + text.ljust(self._shown))
+            width = columns(self.stream) - 1     # the last column would wrap on some terminals
+            text = line(self.tally.snapshot(), width).ljust(min(self._shown, width))
+            self.stream.write("\r" + text)
             self.stream.flush()
-            self._shown = max(len(text), self._shown)
+            self._shown = len(text)
 
     def _run(self) -> None:
         while not self._done.wait(self.every):
-            self.draw()
+            try:
+                self.draw()
+            except OSError:        # the terminal went away: the run goes on without the line
+                return
 
     def __enter__(self) -> "TerminalLine":
         sys.stderr = self._guarded
