@@ -249,7 +249,8 @@ class RuntypeClient:
                     raise Interrupted(f"{e} (not retried: stopping)") from None
                 attempt += 1
                 if attempt > self.settings.max_retries:
-                    raise RetriesExhausted(f"{e} (gave up after {attempt} attempts)",
+                    raise RetriesExhausted(f"{e} (gave up after {attempt} attempt"
+                                           f"{'' if attempt == 1 else 's'})",
                                            path=path, status=e.status) from None
                 wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
                 log.info("retrying GET %s in %.1fs: %s", path, wait, e)

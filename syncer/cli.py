@@ -4,6 +4,7 @@ calls one function, renders its result, and turns syncer's errors into exit code
 3 the API refused the key, 4 another process is writing the mirror."""
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -13,7 +14,6 @@ import signal
 import sqlite3
 import sys
 import threading
-import time
 from pathlib import Path
 
 import click
@@ -178,32 +178,21 @@ def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
         max_delete = config.check_max_delete(max_delete, "--max-delete")
     stop = threading.Event()
     install_stop_handlers(stop)
-    summary = run_sync(settings, full=full, stop=stop, progress=_progress_printer(),
-                       max_delete=max_delete, rebind=rebind)
+    with _progress_display(app.log_format) as display:
+        summary = run_sync(settings, full=full, stop=stop,
+                           progress=display.report if display else None,
+                           max_delete=max_delete, rebind=rebind)
     _print_summary(summary, settings, app.log_format)
     sys.exit(summary.exit_code)
 
 
-def _progress_printer():
-    if not sys.stderr.isatty() or log.getEffectiveLevel() > logging.WARNING:
-        return None
-    state = {"walked": 0, "total": None, "messages": 0, "shown": 0.0}
-    guard = threading.Lock()
-
-    def show(info: dict) -> None:
-        """Called from the fetch threads: counters only grow, at most ten lines a second."""
-        with guard:
-            for k, v in info.items():
-                if v is not None:
-                    state[k] = v if k == "total" else max(v, state[k])
-            now = time.monotonic()
-            if now - state["shown"] < 0.1:
-                return
-            state["shown"] = now
-            total = f"/{state['total']}" if state["total"] else ""
-            click.echo(f"\r  walked {state['walked']}{total} conversations, "
-                       f"{state['messages']} messages written ", err=True, nl=False)
-    return show
+def _progress_display(log_format: str):
+    """The live progress line, on a terminal's stderr only: not under -q, not for json logs."""
+    if (log_format != "text" or not sys.stderr.isatty()
+            or log.getEffectiveLevel() > logging.WARNING):
+        return contextlib.nullcontext()
+    from .progress import TerminalLine
+    return TerminalLine(sys.stderr)
 
 
 def _n(count: int, one: str, many: str) -> str:
@@ -226,14 +215,13 @@ def _print_summary(summary, settings, log_format: str) -> None:
         # one object with the counts as fields, for log shippers (errors are logged as JSON)
         record = {"event": "sync_summary", "outcome": summary.outcome, "mode": summary.mode,
                   "seconds": round(summary.seconds, 3), **c,
-                  "incomplete_conversations": len(summary.gaps), "queued": left,
+                  "incomplete_conversations": len(summary.gaps),
+                  "incomplete_changed": summary.gaps_changed, "queued": left,
                   "early_stop": summary.early_stop}
         click.echo(json.dumps(record))
         if summary.error:
             log.error("%s", summary.error)
         return
-    if sys.stderr.isatty() and log.getEffectiveLevel() <= logging.WARNING:
-        click.echo("", err=True)
     if log.getEffectiveLevel() > logging.WARNING and summary.outcome == "ok":
         return
     click.echo(describe(summary))
@@ -245,7 +233,7 @@ def _print_summary(summary, settings, log_format: str) -> None:
         rejects = c["rejects"]
         click.echo(f"  {_n(rejects, 'record', 'records')} failed validation and "
                    f"{'was' if rejects == 1 else 'were'} quarantined in _rejects")
-    if summary.gaps:
+    if summary.gaps and (summary.gaps_changed or log.getEffectiveLevel() <= logging.INFO):
         sample = ", ".join(f"{cid} {held}/{count}" for cid, count, held in summary.gaps[:5])
         more = f" and {len(summary.gaps) - 5} more" if len(summary.gaps) > 5 else ""
         click.echo(f"  {_n(len(summary.gaps), 'conversation is', 'conversations are')} "

@@ -14,16 +14,12 @@ from .errors import ConfigError
 
 
 def _daemon_logging() -> None:
-    """The daemon says one line per run by default (INFO from syncer.scheduler); -q keeps only
-    errors, -v/-vv add everything. APScheduler's own warnings (a tick skipped because a run is
-    still going) go through the same handler and format."""
+    """The daemon says one line per run and a progress line during a long one by default
+    (INFO from syncer.scheduler); -q keeps only errors, -v/-vv add everything. APScheduler's
+    own records never reach the user (scheduler.py silences them)."""
     root = logging.getLogger("syncer")
     logging.getLogger("syncer.scheduler").setLevel(
         logging.INFO if root.level == logging.WARNING else logging.NOTSET)
-    aps = logging.getLogger("apscheduler")
-    aps.handlers[:] = root.handlers
-    aps.setLevel(max(logging.WARNING, root.level))
-    aps.propagate = False
 
 
 @command()

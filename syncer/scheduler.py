@@ -9,15 +9,23 @@ Inside the process, APScheduler runs the job with max_instances=1 and coalesces 
 A run that fails (API down, a 5xx storm, a database error) is logged with its cause and the
 next tick tries again; the daemon never dies of a run's error. Only an API key refused by
 AUTH_FAILURES_TO_STOP runs in a row stops it, with AuthError (exit 3).
+
+What the daemon says is its own: a line when it starts and stops, one per run, a progress line
+every PROGRESS_EVERY seconds while a run lasts (SYNCER_PROGRESS_EVERY overrides it, for tests),
+and a line when a run outlasts its interval. APScheduler's own log records (a tick skipped
+because the run is still going, "maximum number of running instances reached") are silenced:
+the events they describe reach the daemon through listeners and are said in its words.
 """
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import time
 from datetime import datetime
 
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -26,6 +34,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from . import binding, lock
 from .config import Settings, parse_duration
 from .errors import AuthError, ConfigError, SyncerError
+from .progress import ProgressLog
 from .runner import describe, run_sync
 from .status import duration
 from .store import Store
@@ -33,9 +42,27 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 AUTH_FAILURES_TO_STOP = 3
+PROGRESS_EVERY = 30.0                # seconds between two progress lines of a long run
 MIN_INTERVAL = 1.0
 _JOB = "sync"
 _CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def progress_every() -> float:
+    try:
+        return max(float(os.environ.get("SYNCER_PROGRESS_EVERY", PROGRESS_EVERY)), 0.1)
+    except ValueError:
+        return PROGRESS_EVERY
+
+
+def silence_apscheduler() -> None:
+    """No record of APScheduler's reaches the user: its warnings are about our own job,
+    whose events the daemon reports itself. (Without a handler of its own, a record would go
+    to logging's last-resort handler on stderr.)"""
+    aps = logging.getLogger("apscheduler")
+    aps.handlers[:] = [logging.NullHandler()]
+    aps.propagate = False
+    aps.setLevel(logging.CRITICAL + 1)
 
 
 def parse_interval(text: str) -> float:
@@ -105,6 +132,7 @@ class Daemon:
         self.fatal: SyncerError | None = None
         self._guard = threading.Lock()
         self._run_stop: threading.Event | None = None
+        self._skipped = 0                 # ticks skipped while the current run goes on
 
     def run(self) -> None:
         """Run until `stop` is set. Raises LockedError if another process writes the mirror,
@@ -117,8 +145,10 @@ class Daemon:
                 binding.check(store, self.settings)   # so does another upstream's mirror
             finally:
                 store.close()
+            silence_apscheduler()
             scheduler = BackgroundScheduler(job_defaults={
                 "max_instances": 1, "coalesce": True, "misfire_grace_time": None})
+            scheduler.add_listener(self._tick_skipped, EVENT_JOB_MAX_INSTANCES)
             extra = {"next_run_time": datetime.now().astimezone()} if self.initial_run else {}
             scheduler.add_job(self._tick, self.trigger, id=_JOB, name="sync", **extra)
             scheduler.start()
@@ -137,6 +167,14 @@ class Daemon:
             raise self.fatal
         log.info("daemon stopped")
 
+    def _tick_skipped(self, event: JobSubmissionEvent) -> None:
+        """A tick came while the run is still going: it is skipped, and the next run starts
+        at the first tick after this one ends. Said once per run."""
+        self._skipped += 1
+        if self._skipped == 1:
+            log.info("the run is taking longer than the schedule's interval: the next run "
+                     "starts at the first tick after it ends")
+
     def _tick(self) -> None:
         # each run gets its own stop event (the engine sets it to cancel its own work when a
         # run fails); the daemon's stop is forwarded to it by `run`
@@ -146,8 +184,10 @@ class Daemon:
                 return
             self._run_stop = run_stop
         started = time.monotonic()
+        self._skipped = 0
         try:
-            summary = run_sync(self.settings, stop=run_stop)
+            with ProgressLog(log, progress_every()) as progress:
+                summary = run_sync(self.settings, stop=run_stop, progress=progress.report)
         except SyncerError as e:
             log.error("sync failed after %.1fs: %s; retrying at the next tick",
                       time.monotonic() - started, e)

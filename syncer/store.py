@@ -325,6 +325,10 @@ class Store:
             args += list(surfaces)
         return [r[0] for r in self._rows(sql + " ORDER BY id", args)]
 
+    def message_count(self) -> int:
+        """Messages held (read off the smallest index: 6-26 ms for a million)."""
+        return self._one("SELECT count(*) FROM messages")[0]
+
     def live_count(self) -> int:
         return self._one("SELECT count(*) FROM conversations WHERE _deleted_at IS NULL")[0]
 

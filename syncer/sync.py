@@ -69,6 +69,7 @@ class Summary:
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
     gaps: list[tuple[str, int, int]] = field(default_factory=list)
+    gaps_changed: bool = True        # the incomplete ones are not those the last run left
     early_stop: bool = False
     watermark: str | None = None
     error: str | None = None
@@ -108,6 +109,8 @@ class Sync:
         self._gone: set[str] = set()              # 404 on a direct fetch: tombstoned at the end
         self._save = self._save_now               # the batch writer's put during a walk
         self._lock = threading.Lock()
+        self._walks = 0                           # walks of the list so far, for progress
+        self._read = [0, 0]                       # conversations and messages read, for progress
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
                         "rejects": 0, "pages": 0, "conversations_seen": 0}
@@ -131,8 +134,10 @@ class Sync:
                 summary.outcome = "partial"
             elif self.store.queue_size():
                 summary.outcome = "partial"
-                summary.error = (f"{self.store.queue_size()} conversations are still queued "
-                                 "(changed again while fetched); the next run fetches them")
+                left = self.store.queue_size()
+                summary.error = (f"{left} conversation{' is' if left == 1 else 's are'} still "
+                                 "queued (changed again while fetched); the next run fetches "
+                                 f"{'it' if left == 1 else 'them'}")
             else:
                 summary.outcome = "ok"
                 summary.watermark = safe_watermark(parse_instant(walk.started),
@@ -201,7 +206,11 @@ class Sync:
             self._save = writer.put
             pending: set[Future] = set()
             try:
-                for cid in self.store.queued():
+                queued = self.store.queued()
+                if self.progress is not None:
+                    self._report({"queued": len(queued), "whole": floor is None,
+                                  "held_messages": self.store.message_count()})
+                for cid in queued:
                     pending = self._submit(pool, pending, cid)
                 for attempt in range(1, MAX_WALKS + 1):
                     walk, pending = self._walk(run_id, floor, pool, pending)
@@ -232,6 +241,7 @@ class Sync:
     def _walk(self, run_id: int, floor: str | None, pool: ThreadPoolExecutor,
               pending: set[Future]) -> tuple[Walk, set[Future]]:
         walk = Walk()
+        self._walks += 1
         bumps = {"yes": True, "no": False}.get(self.store.get_state(STATE_BUMPS) or "")
         for surface in self._filters():
             if self.stop.is_set():
@@ -252,6 +262,7 @@ class Sync:
         walker = Walker(self.client, limit=self.settings.page_size, status=self.settings.status,
                         surface_id=surface)
         total: int | None = None
+        before = len(walk.seen)          # listed under the scope's earlier filters
         for step in walker.pages(None):
             if walk.started is None:
                 walk.started = self._walk_start(step.page)
@@ -263,9 +274,10 @@ class Sync:
             dirty, rows = self._take_page(run_id, step)
             walk.seen.update(row["id"] for row in rows)
             order.feed(rows)
+            self._report({"walk": self._walks, "walked": len(walk.seen),
+                          "total": None if total is None else before + total})
             for cid, new in dirty:
                 pending = self._submit(pool, pending, cid, new=new)
-            self._report({"walked": self._counts["conversations_seen"], "total": total})
             if step.suspect_end:
                 walk.complete = False
                 return pending
@@ -401,7 +413,8 @@ class Sync:
                 self._counts["messages_written"] += written
                 self._counts["rejects"] += len(fetched.rejects)
                 self._counts["gaps"] += bool(missing)
-        self._report({"messages": self._counts["messages_written"]})
+            written = self._counts["messages_written"]
+        self._report({"messages": written})
 
     def _process_one(self, cid: str, new: bool, check: bool) -> bool:
         """Fetch a conversation and hand it to the writer; True once handed over. With
@@ -419,6 +432,12 @@ class Sync:
             if fetched is None:
                 return False
             self._save(fetched)
+            if self.progress is not None:
+                with self._lock:     # read, not yet committed: the writer commits in batches
+                    self._read[0] += 1
+                    self._read[1] += len(fetched.messages)
+                    read = {"fetched": self._read[0], "read": self._read[1]}
+                self._report(read)
             return True
         except NotFoundError:
             with self._lock:

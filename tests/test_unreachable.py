@@ -43,7 +43,7 @@ def test_sync_against_a_refused_port_fails_at_once_naming_url_and_reason(tmp_pat
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [f"error: cannot reach {url} (connection refused)"]
-    assert "1 requests (0 retries" in r.stdout
+    assert "1 request (0 retries" in r.stdout
     assert KEY not in r.stdout + r.stderr
 
     verbose = subprocess.run([sys.executable, "-m", "syncer", "-v", "--db",
