@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import datetime, timezone
 
 
@@ -66,8 +67,11 @@ def setup_logging(*, verbose: int = 0, quiet: bool = False, fmt: str = "text",
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
-                                               datefmt="%H:%M:%S"))
+        # times in UTC and labelled so, whatever the machine's zone (a daemon's log spans days)
+        text = logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                 datefmt="%Y-%m-%d %H:%M:%S UTC")
+        text.converter = time.gmtime
+        handler.setFormatter(text)
     root = logging.getLogger("syncer")
     root.handlers[:] = [handler]
     root.setLevel(level)

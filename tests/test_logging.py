@@ -59,9 +59,9 @@ def test_vv_logs_every_request_with_status_and_timing_never_the_key(tmp_path, se
     no_secret(result)
     requests = [line for line in result.stderr.splitlines() if " GET " in line]
     assert len(requests) == server.count()
-    first = requests[0].split(" ", 2)[2]
+    first = requests[0].split(" ", 4)[4]   # after "date time UTC LEVEL"
     assert first.startswith(f"GET {LIST} ") and " -> 200 (" in first and " ms, " in first
-    assert all(line.split()[1] == "DEBUG" for line in requests)
+    assert all(line.split()[3] == "DEBUG" for line in requests)
 
 
 def test_v_logs_progress_lines_but_not_requests(tmp_path, server):
@@ -69,7 +69,7 @@ def test_v_logs_progress_lines_but_not_requests(tmp_path, server):
     result = syncer(tmp_path, server, "-v", "sync")
     assert result.returncode == 0
     no_secret(result)
-    levels = [line.split()[1] for line in result.stderr.splitlines()]
+    levels = [line.split()[3] for line in result.stderr.splitlines()]
     assert levels and set(levels) == {"INFO"}     # what the engine noticed, e.g. short pages
     assert " -> 200 (" not in result.stderr
 
@@ -117,3 +117,17 @@ def test_daemon_json_logs_without_the_key(tmp_path, server):
     conn = sqlite3.connect(tmp_path / "m.db")
     assert conn.execute("SELECT outcome FROM _sync_runs").fetchall() == [("ok",)]
     conn.close()
+
+
+def test_text_log_times_are_utc_and_say_so_whatever_the_machine_zone(tmp_path, server,
+                                                                      monkeypatch):
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")   # UTC+14: a local time would differ by hours
+    before = time.gmtime()
+    result = syncer(tmp_path, server, "-vv", "sync")
+    after = time.gmtime()
+    assert result.returncode == 0, result.stderr
+    stamps = [line[:23] for line in result.stderr.splitlines() if " DEBUG " in line]
+    assert stamps, result.stderr
+    allowed = {time.strftime("%Y-%m-%d %H", t) for t in (before, after)}
+    for stamp in stamps:
+        assert stamp.endswith(" UTC") and stamp[:13] in allowed, stamp

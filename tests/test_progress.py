@@ -21,6 +21,7 @@ from syncer.simulator.app import HTTPError
 
 LIST = "/v1/messaging/conversations"
 CLOCK = r"\d+:\d\d"
+STAMP = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"  # a log line's time
 
 
 def on_terminal(args, env, *, columns=80, when=None):
@@ -108,7 +109,7 @@ def test_sync_on_a_terminal_shows_progress_that_log_lines_never_glue_onto(tmp_pa
         shown = [row for row in screen(raw) if row]
         warning = [row for row in shown if "WARNING" in row]
         assert len(warning) == 1 and re.fullmatch(
-            r"\d\d:\d\d:\d\d WARNING conversation conv_\w+ failed, will retry next run: .*",
+            STAMP + r" WARNING conversation conv_\w+ failed, will retry next run: .*",
             warning[0]), shown
         assert not any("walked" in row for row in shown), shown   # wiped at the end
         assert "1 conversation failed and stays queued for the next run" in out
@@ -143,7 +144,7 @@ def test_an_interrupted_sync_says_what_is_left_and_the_next_run_resumes_it(tmp_p
         assert code == 1, raw + out
         shown = [row for row in screen(raw) if row]
         assert len(shown) == 1 and re.fullmatch(
-            r"\d\d:\d\d:\d\d WARNING SIGINT: stopping after the work in hand \(signal again to "
+            STAMP + r" WARNING SIGINT: stopping after the work in hand \(signal again to "
             r"quit at once\)", shown[0]), shown
         assert out.startswith("sync interrupted (full) in ")
         left = re.search(r"\n  stopped before the end: ([\d,]+) conversations? (is|are) still "
@@ -266,7 +267,7 @@ def test_a_daemon_run_longer_than_its_interval_logs_progress_and_no_scheduler_te
     assert text.count("the run is taking longer than the schedule's interval") == 1, text
     progress = [row for row in text.splitlines() if " sync running for " in row]
     assert progress, text
-    assert all(re.fullmatch(rf"\d\d:\d\d:\d\d INFO sync running for {CLOCK}: walked \d+"
+    assert all(re.fullmatch(STAMP + rf" INFO sync running for {CLOCK}: walked \d+"
                             r"(/60)? conversations, \d+ fetched, [\d,]+ messages? read "
                             r"\([\d,]+ written\).*", row)
                for row in progress), progress
