@@ -95,6 +95,8 @@ def install_stop_handlers(stop: threading.Event) -> None:
     write is a transaction, so the database stays consistent)."""
     def handler(signum, frame):
         if stop.is_set():
+            # through the log, so a progress line on the terminal is wiped first
+            log.warning("%s again: quitting at once", signal.Signals(signum).name)
             os._exit(130)
         stop.set()
         log.warning("%s: stopping after the work in hand (signal again to quit at once)",

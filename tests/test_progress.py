@@ -326,3 +326,30 @@ def test_the_summary_agrees_in_number(tmp_path):
     assert "1 conversation walked" in first.stdout and "1 message written" in second.stdout
     assert agrees("1 conversation walked, 2 messages written; 0 requests (1 retry")
     assert not agrees("1 conversations walked")
+
+
+def test_a_second_signal_quits_at_once_without_leaving_the_line_on_screen(tmp_path):
+    upstream = generate(seed=49, conversations=40, messages_per_conversation=3)
+    never = threading.Event()
+
+    def hold(method, path, query):
+        if path.endswith("/messages"):
+            never.wait(30)           # the work in hand never ends: only a second signal does
+
+    def interrupt(text, proc):
+        signalled = getattr(proc, "signalled", 0)
+        if "walked" in text and signalled == 0 or "SIGINT: stopping" in text and signalled == 1:
+            proc.signalled = signalled + 1
+            proc.send_signal(signal.SIGINT)
+
+    args = ["--db", str(tmp_path / "m.db"), "sync"]
+    try:
+        with SimulatorServer(upstream, Behaviour(message_paging="offset",
+                                                 on_request=hold)) as server:
+            raw, out, code = on_terminal(args, process_env(server), when=interrupt)
+    finally:
+        never.set()
+    assert code == 130, raw + out
+    shown = [row for row in screen(raw) if row]
+    assert not any("walked" in row for row in shown), shown
+    assert re.fullmatch(STAMP + r" WARNING SIGINT again: quitting at once", shown[-1]), shown
