@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import parse_duration
 from .errors import SyncerError
+from .migrations import UNFOLDED_ROWS
 from .transform import JSON_FIELDS, format_instant
 
 if TYPE_CHECKING:
@@ -78,10 +79,9 @@ class Filters:
             where.append(f"{c}.status IN ({_marks(self.status)})")
             args += self.status
         if self.surface:
-            marks = _marks(self.surface)
-            where.append(f"({c}.surfaceId IN ({marks}) OR "
-                         f"json_extract({c}.surface, '$.type') IN ({marks}))")
-            args += self.surface * 2
+            clause, more = _surface_sql(self, c)
+            where.append(clause)
+            args += more
         if self.conversation:
             where.append(f"{c}.id = ?")
             args.append(self.conversation)
@@ -350,25 +350,40 @@ def _execute(conn, sql: str, args: list, query: str) -> sqlite3.Cursor:
 # the FTS query reads only the matches between the smallest and the largest of them and tests
 # each against the list (`+rowid IN`: one test a match; without the `+`, FTS5 would look each
 # listed rowid up, a far slower plan). So a filter that leaves nothing costs no more than one
-# that leaves everything. Each candidate list is counted first, up to the cap.
+# that leaves everything. Each candidate list is counted first, up to the cap, and applies
+# every other condition its index holds (a message's role and time are in each message index),
+# so two filters that each keep many rows but few together still narrow the scope.
 class _Participants:
-    """Rowids and ids of the conversations the participant filter keeps, up to `cap` + 1 of
-    them: one scan of the conversations (it stops early when many match), made at most once
-    per search and only when asked for."""
+    """Rowids and ids of the conversations the participant filter may keep, up to `cap` + 1
+    of them, found at most once per search and only when asked for: by the trigram index
+    (migrations.V6) and the rows it may fold differently, or, for fewer than three
+    characters, which the trigram index cannot look up, by one scan of the conversations.
+    A superset: the filter itself is applied to every hit."""
 
     def __init__(self, conn, filters: Filters, cap: int):
         self.conn, self.filters, self.cap, self._rows = conn, filters, cap, None
 
     def rows(self) -> list[tuple[int, str]]:
         if self._rows is None:
-            clause, args = self.filters.participant_sql()
-            self._rows = self.conn.execute(
-                f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
-                [*args, self.cap + 1]).fetchall()
+            needle = self.filters.participant.casefold()
+            if len(needle) >= 3:
+                sql = ("SELECT c.rowid, c.id FROM participants_fts f CROSS JOIN conversations c "
+                       "ON c.rowid = f.rowid WHERE participants_fts MATCH ? UNION "
+                       "SELECT rowid, id FROM conversations INDEXED BY idx_conversations_unfolded "
+                       f"WHERE {UNFOLDED_ROWS} LIMIT ?")
+                args = ['"' + needle.replace('"', '""') + '"']
+            else:
+                clause, args = self.filters.participant_sql()
+                sql = f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?"
+            self._rows = self.conn.execute(sql, [*args, self.cap + 1]).fetchall()
         return self._rows
 
     def few(self) -> bool:
         return len(self.rows()) <= self.cap
+
+    def indexed(self) -> bool:
+        """Found through the trigram index (cheap), not by a scan."""
+        return len(self.filters.participant.casefold()) >= 3
 
     def ids(self) -> list[str]:
         return [cid for _, cid in self.rows()]
@@ -377,28 +392,60 @@ class _Participants:
         return [rowid for rowid, _ in self.rows()]
 
 
+@dataclass
+class _Listed:
+    """The participant's candidate list: (sql, args), or None when they are too many."""
+    participants: _Participants
+    listed: object
+
+    @property
+    def cheap(self) -> bool:
+        return self.participants.indexed()
+
+    def __call__(self):
+        return self.listed() if self.participants.few() else None
+
+
+def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:
+    marks = _marks(filters.surface)
+    return (f"({c}.surfaceId IN ({marks}) OR json_extract({c}.surface, '$.type') IN ({marks}))",
+            list(filters.surface) * 2)
+
+
 def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.message_sql(by_rowid=True)
     index = _Index("message", "messages_fts",
                    "SELECT m.rowid, m.createdAt, m.id FROM messages m CROSS JOIN conversations c "
                    f"ON c.id = m.conversationId WHERE m.rowid IN ({{}}) AND {_where(where)}",
                    args)
-    time, time_args = _time_sql([], [], "createdAt", filters.since, filters.until)
+    # the message's own conditions, answered inside any of the message indexes
+    own, own_args = _time_sql([], [], "m.createdAt", filters.since, filters.until)
+    if filters.role:
+        own.insert(0, f"m.role IN ({_marks(filters.role)})")
+        own_args[:0] = filters.role
+    cap = scoring.drive_up_to
     candidates = []
     if filters.conversation:
-        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(
-            ["conversationId = ?", *time]), [filters.conversation, *time_args]))
-    elif time:
-        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(time), time_args))
-    if filters.status and _count(conn, "SELECT 1 FROM conversations WHERE status IN "
-                                       f"({_marks(filters.status)})", list(filters.status),
-                                 scoring.drive_up_to) <= scoring.drive_up_to:
-        candidates.append(("SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m "
-                           "ON m.conversationId = c.id "
-                           f"WHERE c.status IN ({_marks(filters.status)})", list(filters.status)))
-    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
-        "SELECT rowid AS r FROM messages WHERE conversationId IN (SELECT value FROM json_each(?))",
-        [json.dumps(participants.ids())]) if participants.few() else None))
+        candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(
+            ["m.conversationId = ?", *own]), [filters.conversation, *own_args]))
+    elif own:
+        candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(own),
+                           own_args))
+    # conversation filters: the messages of the conversations they keep, when those are few
+    kept, kept_args = replace(filters, participant=None).conversation_sql()
+    by_conversation = "SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m " \
+                      "ON m.conversationId = c.id WHERE "
+    for clause, clause_args in ([(f"c.status IN ({_marks(filters.status)})",
+                                  list(filters.status))] if filters.status else []) + \
+                               ([_surface_sql(filters)] if filters.surface else []):
+        if _count(conn, f"SELECT 1 FROM conversations c WHERE {clause}", clause_args,
+                  cap) <= cap:
+            candidates.append((by_conversation + _where([clause, *kept, *own]),
+                               [*clause_args, *kept_args, *own_args]))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and _Listed(
+        participants, lambda: (by_conversation + _where(
+            ["c.rowid IN (SELECT value FROM json_each(?))", *kept, *own]),
+            [json.dumps(participants.rowids()), *kept_args, *own_args])))
 
 
 def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
@@ -417,23 +464,36 @@ def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) 
     if filters.status:
         candidates.append(("SELECT rowid AS r FROM conversations "
                            f"WHERE status IN ({_marks(filters.status)})", list(filters.status)))
-    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
-        "SELECT value AS r FROM json_each(?)",
-        [json.dumps(participants.rowids())]) if participants.few() else None))
+    if filters.surface:
+        clause, clause_args = _surface_sql(filters)
+        candidates.append((f"SELECT c.rowid AS r FROM conversations c WHERE {clause}",
+                           clause_args))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and _Listed(
+        participants, lambda: ("SELECT value AS r FROM json_each(?)",
+                               [json.dumps(participants.rowids())])))
 
 
 def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant) -> _Index:
     """`index` scoped to the smallest candidate list if one is small enough. The participant's
-    (`participant()`, a scan of the conversations; None when they are too many) is tried only
-    when no other is small enough."""
+    (`participant()`; None when they are too many) comes first when it is cheap, and is
+    tried only when no other is small enough when it is not. An empty list ends the
+    counting."""
     def counted(sql, args):
         n, low, high = conn.execute(f"SELECT count(*), min(r), max(r) FROM ({sql} LIMIT ?)",
                                     [*args, scoring.drive_up_to + 1]).fetchone()
         return (n, low, high, sql, args) if n <= scoring.drive_up_to else None
 
-    small = [c for c in (counted(sql, args) for sql, args in candidates) if c]
-    if not small and participant and (listed := participant()):
-        small = [c for c in [counted(*listed)] if c]
+    small = []
+    first = [participant] if participant and participant.cheap else []
+    last = [participant] if participant and not participant.cheap else []
+    for candidate in [*first, *candidates, *last]:
+        if candidate in last and small:
+            break
+        listed = candidate() if callable(candidate) else candidate
+        if listed and (found := counted(*listed)):
+            small.append(found)
+            if not found[0]:
+                break
     if not small:
         return index
     n, low, high, sql, args = min(small, key=lambda c: c[0])

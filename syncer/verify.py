@@ -39,7 +39,8 @@ from .validate import checker
 log = logging.getLogger(__name__)
 
 _check = checker("conversation")
-FTS_TABLES = (("messages_fts", "messages"), ("conversations_fts", "conversations"))
+FTS_TABLES = (("messages_fts", "messages"), ("conversations_fts", "conversations"),
+              ("participants_fts", "conversations"))
 _CHUNK = 500
 
 
