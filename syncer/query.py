@@ -100,12 +100,13 @@ class Filters:
     def message_sql(self, m: str = "m", c: str = "c", *,
                     by_rowid: bool = False) -> tuple[list[str], list]:
         """`by_rowid`: the caller looks messages up by rowid, so keep the planner off the
-        createdAt index (a unary + on the column)."""
+        createdAt and role indexes (a unary + on the columns)."""
         where, args = self.conversation_sql(c)
+        plus = "+" if by_rowid else ""
         if self.role:
-            where.append(f"{m}.role IN ({_marks(self.role)})")
+            where.append(f"{plus}{m}.role IN ({_marks(self.role)})")
             args += self.role
-        column = f"+{m}.createdAt" if by_rowid else f"{m}.createdAt"
+        column = f"{plus}{m}.createdAt"
         return _time_sql(where, args, column, self.since, self.until)
 
     def conversation_time_sql(self, c: str = "c") -> tuple[list[str], list]:
@@ -381,29 +382,28 @@ class _Participants:
     def few(self) -> bool:
         return len(self.rows()) <= self.cap
 
-    def indexed(self) -> bool:
-        """Found through the trigram index (cheap), not by a scan."""
-        return len(self.filters.participant.casefold()) >= 3
+    def at_most(self, n: int) -> bool:
+        """At most n conversations, by a count of the trigram index's matches alone (cheap);
+        False when the filter cannot be looked up there."""
+        needle = self.filters.participant.casefold()
+        return len(needle) >= 3 and self.conn.execute(
+            "SELECT count(*) FROM (SELECT rowid FROM participants_fts "
+            "WHERE participants_fts MATCH ? LIMIT ?)",
+            ['"' + needle.replace('"', '""') + '"', n + 1]).fetchone()[0] <= n
 
     def ids(self) -> list[str]:
         return [cid for _, cid in self.rows()]
 
     def rowids(self) -> list[int]:
+        """The conversations' rowids alone: from the trigram index, no conversation read."""
+        if self._rows is None and len(self.filters.participant.casefold()) >= 3:
+            needle = self.filters.participant.casefold()
+            return [r for (r,) in self.conn.execute(
+                "SELECT rowid FROM participants_fts WHERE participants_fts MATCH ? UNION "
+                "SELECT rowid FROM conversations INDEXED BY idx_conversations_unfolded "
+                f"WHERE {UNFOLDED_ROWS} LIMIT ?",
+                ['"' + needle.replace('"', '""') + '"', self.cap + 1])]
         return [rowid for rowid, _ in self.rows()]
-
-
-@dataclass
-class _Listed:
-    """The participant's candidate list: (sql, args), or None when they are too many."""
-    participants: _Participants
-    listed: object
-
-    @property
-    def cheap(self) -> bool:
-        return self.participants.indexed()
-
-    def __call__(self):
-        return self.listed() if self.participants.few() else None
 
 
 def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:
@@ -412,10 +412,31 @@ def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:
             list(filters.surface) * 2)
 
 
+def _indexed_conversation_sql(conn, filters: Filters, c: str = "c") -> tuple[list[str], list]:
+    """Status and surface as conditions the conversation indexes answer without reading a
+    row: a surface type becomes the surface ids of the conversations of that type (found by
+    the type's index; with a NULL id, any conversation without one). Keeps a superset of
+    what the filters keep (deletion is not looked at)."""
+    where, args = [], []
+    if filters.status:
+        where.append(f"{c}.status IN ({_marks(filters.status)})")
+        args += filters.status
+    if filters.surface:
+        ids = {i for (i,) in conn.execute(
+            "SELECT DISTINCT surfaceId FROM conversations WHERE json_extract(surface, '$.type') "
+            f"IN ({_marks(filters.surface)})", filters.surface)}
+        listed = sorted(set(filters.surface) | (ids - {None}))
+        where.append(f"({c}.surfaceId IN ({_marks(listed)})"
+                     + (f" OR {c}.surfaceId IS NULL)" if None in ids else ")"))
+        args += listed
+    return where, args
+
+
 def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.message_sql(by_rowid=True)
     index = _Index("message", "messages_fts",
-                   "SELECT m.rowid, m.createdAt, m.id FROM messages m CROSS JOIN conversations c "
+                   "SELECT m.rowid, m.createdAt, m.id FROM messages m NOT INDEXED "
+                   "CROSS JOIN conversations c "
                    f"ON c.id = m.conversationId WHERE m.rowid IN ({{}}) AND {_where(where)}",
                    args)
     # the message's own conditions, answered inside any of the message indexes
@@ -431,76 +452,80 @@ def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _I
     elif own:
         candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(own),
                            own_args))
-    # conversation filters: the messages of the conversations they keep, when those are few
-    kept, kept_args = replace(filters, participant=None).conversation_sql()
-    by_conversation = "SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m " \
-                      "ON m.conversationId = c.id WHERE "
-    for clause, clause_args in ([(f"c.status IN ({_marks(filters.status)})",
-                                  list(filters.status))] if filters.status else []) + \
-                               ([_surface_sql(filters)] if filters.surface else []):
-        if _count(conn, f"SELECT 1 FROM conversations c WHERE {clause}", clause_args,
-                  cap) <= cap:
-            candidates.append((by_conversation + _where([clause, *kept, *own]),
-                               [*clause_args, *kept_args, *own_args]))
-    return _narrowed(conn, index, candidates, scoring, filters.participant and _Listed(
-        participants, lambda: (by_conversation + _where(
-            ["c.rowid IN (SELECT value FROM json_each(?))", *kept, *own]),
-            [json.dumps(participants.rowids()), *kept_args, *own_args])))
+    # status and surface: the messages of the conversations they keep, when those are few
+    kept, kept_args = _indexed_conversation_sql(conn, filters)
+    if kept and _count(conn, f"SELECT 1 FROM conversations c WHERE {_where(kept)}", kept_args,
+                       cap) <= cap:
+        candidates.append(("SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m "
+                           "ON m.conversationId = c.id WHERE " + _where([*kept, *own]),
+                           [*kept_args, *own_args]))
+    # the participant's: skipped when so many conversations hold more than `cap` messages
+    # anyway (half the cap), unless a role or time may leave few of them
+    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
+        "SELECT m.rowid AS r FROM json_each(?) j CROSS JOIN messages m "
+        "ON m.conversationId = j.value WHERE " + _where(own),
+        [json.dumps(participants.ids()), *own_args])
+        if (own or participants.at_most(cap // 2)) and participants.few() else None),
+        participants)
 
 
 def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.conversation_time_sql()
     index = _Index("conversation", "conversations_fts",
-                   "SELECT c.rowid, c.updatedAt, c.id FROM conversations c "
+                   "SELECT c.rowid, c.updatedAt, c.id FROM conversations c NOT INDEXED "
                    f"WHERE c.rowid IN ({{}}) AND {_where(where)}", args)
-    time, time_args = _time_sql([], [], "updatedAt", filters.since, filters.until)
     candidates = []
     if filters.conversation:
         candidates.append(("SELECT rowid AS r FROM conversations WHERE id = ?",
                            [filters.conversation]))
-    if time:
-        candidates.append(("SELECT rowid AS r FROM conversations WHERE " + _where(time),
-                           time_args))
-    if filters.status:
-        candidates.append(("SELECT rowid AS r FROM conversations "
-                           f"WHERE status IN ({_marks(filters.status)})", list(filters.status)))
-    if filters.surface:
-        clause, clause_args = _surface_sql(filters)
-        candidates.append((f"SELECT c.rowid AS r FROM conversations c WHERE {clause}",
-                           clause_args))
-    return _narrowed(conn, index, candidates, scoring, filters.participant and _Listed(
-        participants, lambda: ("SELECT value AS r FROM json_each(?)",
-                               [json.dumps(participants.rowids())])))
+    # status, surface and time together, from one covering index: with a time, the one led
+    # by updatedAt (`+`: not the index of surface ids alone, which would read every row)
+    kept, kept_args = _indexed_conversation_sql(conn, filters)
+    if filters.since or filters.until:
+        kept = [k.replace("(c.surfaceId", "(+c.surfaceId") for k in kept]
+    kept, kept_args = _time_sql(kept, kept_args, "c.updatedAt", filters.since, filters.until)
+    if kept:
+        candidates.append(("SELECT c.rowid AS r FROM conversations c WHERE " + _where(kept),
+                           kept_args))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and (
+        lambda: ("SELECT value AS r FROM json_each(?)", [json.dumps(rowids)])
+        if len(rowids := participants.rowids()) <= scoring.drive_up_to else None), participants)
 
 
-def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant) -> _Index:
+_FEW_PARTICIPANTS = 500  # conversations: their candidate list is tried first, being cheap
+
+
+def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant,
+              participants: _Participants | None = None) -> _Index:
     """`index` scoped to the smallest candidate list if one is small enough. The participant's
-    (`participant()`; None when they are too many) comes first when it is cheap, and is
-    tried only when no other is small enough when it is not. An empty list ends the
-    counting."""
+    (`participant()`, which reads up to `cap` conversations; None when they are more) comes
+    first when it names few conversations, else is tried only when no other list is small
+    enough. An empty list ends the counting."""
     def counted(sql, args):
-        n, low, high = conn.execute(f"SELECT count(*), min(r), max(r) FROM ({sql} LIMIT ?)",
-                                    [*args, scoring.drive_up_to + 1]).fetchone()
-        return (n, low, high, sql, args) if n <= scoring.drive_up_to else None
+        rowids = [r for (r,) in conn.execute(f"{sql} LIMIT ?", [*args, scoring.drive_up_to + 1])]
+        return (len(rowids), rowids) if len(rowids) <= scoring.drive_up_to else None
 
     small = []
-    first = [participant] if participant and participant.cheap else []
-    last = [participant] if participant and not participant.cheap else []
-    for candidate in [*first, *candidates, *last]:
-        if candidate in last and small:
-            break
-        listed = candidate() if callable(candidate) else candidate
+    first = participant and participants.at_most(_FEW_PARTICIPANTS)
+    for listed in [participant if first else None, *candidates,
+                   None if first else participant]:
+        if callable(listed):
+            if small:
+                continue
+            listed = listed()
         if listed and (found := counted(*listed)):
             small.append(found)
             if not found[0]:
                 break
     if not small:
         return index
-    n, low, high, sql, args = min(small, key=lambda c: c[0])
-    if not n:
-        low, high = 1, 0  # an empty range: the FTS query still runs, so bad syntax is seen
+    n, rowids = min(small, key=lambda c: c[0])
+    # an empty list leaves an empty range: the FTS query still runs, so bad syntax is seen
+    low, high = (min(rowids), max(rowids)) if rowids else (1, 0)
+    # the list itself, not its query again: it is read once, and a query may be slow to rerun
     return _Index(index.kind, index.fts, index.check_sql, index.check_args,
-                  f" AND rowid BETWEEN ? AND ? AND +rowid IN ({sql})", (low, high, *args), n)
+                  " AND rowid BETWEEN ? AND ? AND +rowid IN (SELECT value FROM json_each(?))",
+                  (low, high, json.dumps(rowids)), n)
 
 
 def _count(conn, sql: str, args: list, cap: int) -> int:

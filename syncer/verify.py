@@ -39,8 +39,7 @@ from .validate import checker
 log = logging.getLogger(__name__)
 
 _check = checker("conversation")
-FTS_TABLES = (("messages_fts", "messages"), ("conversations_fts", "conversations"),
-              ("participants_fts", "conversations"))
+FTS_TABLES = (("messages_fts", "messages"), ("conversations_fts", "conversations"))
 _CHUNK = 500
 
 

@@ -215,7 +215,7 @@ def test_capped_order_is_the_newest_scored_then_the_rest(db, store, case):
                             lambda m: m[3] >= since, 10_000),
         "surface, in scope": (Filters(surface=("email",)), lambda m: live(m) and of(m, emailed),
                               lambda m: of(m, emailed), 10_000),
-        "participant and role, in scope": (
+        "participant and role, in scope": (  # few conversations: the participant's list
             Filters(participant="EXAMPLE.com", role=("user",)),
             lambda m: live(m) and user(m) and of(m, joes), lambda m: user(m) and of(m, joes),
             10_000),
