@@ -562,3 +562,13 @@ def test_v6_migrates_an_existing_mirror_and_its_triggers_keep_the_index(tmp_path
                 if matches([r["subject"] for r in rows(db, "SELECT subject FROM conversations "
                                                           "WHERE id = ?", (i,))], "refund")}
         assert participant_hits(store, "renée") and participant_hits(store, "ǆemal")
+
+
+def test_known_values_are_those_a_scan_finds(db, store):
+    """The roles and surfaces a filter may name, walked off their indexes, equal a scan."""
+    from syncer import known
+    assert known.roles(store) == {r["role"] for r in rows(db, "SELECT role FROM messages")
+                                  if r["role"]} >= {"user", "system"}
+    assert known.surfaces(store) == {v for r in rows(
+        db, "SELECT surfaceId, json_extract(surface, '$.type') AS t FROM conversations")
+        for v in (r["surfaceId"], r["t"]) if v} >= {"email", "surface_003"}
