@@ -356,54 +356,58 @@ def _execute(conn, sql: str, args: list, query: str) -> sqlite3.Cursor:
 # so two filters that each keep many rows but few together still narrow the scope.
 class _Participants:
     """Rowids and ids of the conversations the participant filter may keep, up to `cap` + 1
-    of them, found at most once per search and only when asked for: by the trigram index
-    (migrations.V6) and the rows it may fold differently, or, for fewer than three
+    of them, each list found at most once per search and only when asked for: by the trigram
+    index (migrations.V6) and the rows it may fold differently, or, for fewer than three
     characters, which the trigram index cannot look up, by one scan of the conversations.
     A superset: the filter itself is applied to every hit."""
 
     def __init__(self, conn, filters: Filters, cap: int):
-        self.conn, self.filters, self.cap, self._rows = conn, filters, cap, None
+        self.conn, self.filters, self.cap = conn, filters, cap
+        self.needle = filters.participant.casefold() if filters.participant else ""
+        self._rowids: list[int] | None = None
+        self._rows: list[tuple[int, str]] | None = None
+
+    @property
+    def indexed(self) -> bool:
+        return len(self.needle) >= 3
+
+    def rowids(self) -> list[int]:
+        """The conversations' rowids alone (from the trigram index, no conversation read)."""
+        if self._rowids is None:
+            if self.indexed:
+                self._rowids = [r for (r,) in self.conn.execute(
+                    "SELECT rowid FROM participants_fts WHERE participants_fts MATCH ? UNION "
+                    "SELECT rowid FROM conversations INDEXED BY idx_conversations_unfolded "
+                    f"WHERE {UNFOLDED_ROWS} LIMIT ?",
+                    ['"' + self.needle.replace('"', '""') + '"', self.cap + 1])]
+            else:
+                self._rowids = [rowid for rowid, _ in self.rows()]
+        return self._rowids
 
     def rows(self) -> list[tuple[int, str]]:
+        """(rowid, id) of each: the ids are read off the conversations' rows."""
         if self._rows is None:
-            needle = self.filters.participant.casefold()
-            if len(needle) >= 3:
-                sql = ("SELECT c.rowid, c.id FROM participants_fts f CROSS JOIN conversations c "
-                       "ON c.rowid = f.rowid WHERE participants_fts MATCH ? UNION "
-                       "SELECT rowid, id FROM conversations INDEXED BY idx_conversations_unfolded "
-                       f"WHERE {UNFOLDED_ROWS} LIMIT ?")
-                args = ['"' + needle.replace('"', '""') + '"']
+            if self.indexed:
+                self._rows = self.conn.execute(
+                    "SELECT c.rowid, c.id FROM json_each(?) j CROSS JOIN conversations c "
+                    "ON c.rowid = j.value", [json.dumps(self.rowids())]).fetchall()
             else:
                 clause, args = self.filters.participant_sql()
-                sql = f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?"
-            self._rows = self.conn.execute(sql, [*args, self.cap + 1]).fetchall()
+                self._rows = self.conn.execute(
+                    f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
+                    [*args, self.cap + 1]).fetchall()
         return self._rows
 
     def few(self) -> bool:
-        return len(self.rows()) <= self.cap
+        return len(self.rowids()) <= self.cap
 
     def at_most(self, n: int) -> bool:
-        """At most n conversations, by a count of the trigram index's matches alone (cheap);
-        False when the filter cannot be looked up there."""
-        needle = self.filters.participant.casefold()
-        return len(needle) >= 3 and self.conn.execute(
-            "SELECT count(*) FROM (SELECT rowid FROM participants_fts "
-            "WHERE participants_fts MATCH ? LIMIT ?)",
-            ['"' + needle.replace('"', '""') + '"', n + 1]).fetchone()[0] <= n
+        """At most n conversations, known cheaply (by the trigram index); False when the
+        filter cannot be looked up there."""
+        return self.indexed and len(self.rowids()) <= n
 
     def ids(self) -> list[str]:
         return [cid for _, cid in self.rows()]
-
-    def rowids(self) -> list[int]:
-        """The conversations' rowids alone: from the trigram index, no conversation read."""
-        if self._rows is None and len(self.filters.participant.casefold()) >= 3:
-            needle = self.filters.participant.casefold()
-            return [r for (r,) in self.conn.execute(
-                "SELECT rowid FROM participants_fts WHERE participants_fts MATCH ? UNION "
-                "SELECT rowid FROM conversations INDEXED BY idx_conversations_unfolded "
-                f"WHERE {UNFOLDED_ROWS} LIMIT ?",
-                ['"' + needle.replace('"', '""') + '"', self.cap + 1])]
-        return [rowid for rowid, _ in self.rows()]
 
 
 def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:

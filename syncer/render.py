@@ -12,8 +12,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-import wcwidth
-
 from .query import MARK
 
 LISTING_FORMATS = ("table", "json", "jsonl", "csv")
@@ -52,6 +50,7 @@ def dump_csv(rows: Sequence[dict], out: TextIO, columns: Sequence[str] | None = 
 def width(text: str) -> int:
     """Columns a string takes on a terminal: wide (CJK, most emoji) take two, combining marks
     and the highlight markers none."""
+    import wcwidth  # here: only tables measure text, and its import costs more than a search
     return sum(0 if ch in MARK else max(wcwidth.wcwidth(ch), 0) for ch in text)
 
 

@@ -422,13 +422,14 @@ def test_cli_filters_and_durations(db):
 
 
 def work(store, query, filters) -> int:
-    """SQLite virtual-machine steps (in hundreds) a search takes: a measure of work that,
-    unlike time, is the same on every run."""
+    """SQLite virtual-machine steps a search takes: a measure of work that, unlike time, is
+    the same on every run (counted one by one: SQLite carries a cached statement's steps
+    over between runs, so a coarser count would vary)."""
     steps = [0]
 
     def tick():
         steps[0] += 1
-    store.conn.set_progress_handler(tick, 100)
+    store.conn.set_progress_handler(tick, 1)
     try:
         hits = search(store, query, filters)
     finally:
@@ -457,11 +458,12 @@ def test_a_filter_that_leaves_nothing_does_not_walk_the_matches(store, name):
     common, hits = work(store, "the", Filters())
     rare, hit = work(store, "Οδυσσέας", Filters())
     assert len(hits) == 20 and hit and common > 1.5 * rare, (common, rare)
+    work(store, "Οδυσσέας", NOTHING_LEFT[name])  # FTS5 reads an index's settings on first use
     common_none, none = work(store, "the", NOTHING_LEFT[name])
     rare_none, none_either = work(store, "Οδυσσέας", NOTHING_LEFT[name])
     assert none == none_either == []
     # a little slack: which rows a scan meets first follows the mirror's (threaded) write order
-    assert common_none <= rare_none + max(3, rare_none // 4), (common_none, rare_none)
+    assert common_none <= rare_none + max(300, rare_none // 4), (common_none, rare_none)
     assert common_none < common, (common_none, common)
 
 
