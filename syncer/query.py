@@ -465,10 +465,11 @@ def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _I
                            [*kept_args, *own_args]))
     # the participant's: skipped when so many conversations hold more than `cap` messages
     # anyway (half the cap), unless a role or time may leave few of them
+    # (their ids read one conversation at a time, so a count that reaches the cap stops early)
     return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
-        "SELECT m.rowid AS r FROM json_each(?) j CROSS JOIN messages m "
-        "ON m.conversationId = j.value WHERE " + _where(own),
-        [json.dumps(participants.ids()), *own_args])
+        "SELECT m.rowid AS r FROM json_each(?) j CROSS JOIN conversations c "
+        "ON c.rowid = j.value CROSS JOIN messages m ON m.conversationId = c.id WHERE "
+        + _where(own), [json.dumps(participants.rowids()), *own_args])
         if (own or participants.at_most(cap // 2)) and participants.few() else None),
         participants)
 
