@@ -416,6 +416,23 @@ def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:
             list(filters.surface) * 2)
 
 
+def _surface_ids_of_types(conn, types) -> set:
+    """The surface ids (None for a missing one) of the conversations of these surface types:
+    one lookup per id in the index of (type, surfaceId), however many conversations."""
+    type_of = "json_extract(surface, '$.type')"
+    ids = set()
+    for kind in types:
+        if conn.execute(f"SELECT 1 FROM conversations WHERE {type_of} = ? AND surfaceId IS NULL "
+                        "LIMIT 1", (kind,)).fetchone():
+            ids.add(None)
+        last = ""
+        while (last := conn.execute(f"SELECT min(surfaceId) FROM conversations WHERE "
+                                    f"{type_of} = ? AND surfaceId > ?",
+                                    (kind, last)).fetchone()[0]) is not None:
+            ids.add(last)
+    return ids
+
+
 def _indexed_conversation_sql(conn, filters: Filters, c: str = "c") -> tuple[list[str], list]:
     """Status and surface as conditions the conversation indexes answer without reading a
     row: a surface type becomes the surface ids of the conversations of that type (found by
@@ -426,9 +443,7 @@ def _indexed_conversation_sql(conn, filters: Filters, c: str = "c") -> tuple[lis
         where.append(f"{c}.status IN ({_marks(filters.status)})")
         args += filters.status
     if filters.surface:
-        ids = {i for (i,) in conn.execute(
-            "SELECT DISTINCT surfaceId FROM conversations WHERE json_extract(surface, '$.type') "
-            f"IN ({_marks(filters.surface)})", filters.surface)}
+        ids = _surface_ids_of_types(conn, filters.surface)
         listed = sorted(set(filters.surface) | (ids - {None}))
         where.append(f"({c}.surfaceId IN ({_marks(listed)})"
                      + (f" OR {c}.surfaceId IS NULL)" if None in ids else ")"))
