@@ -451,6 +451,14 @@ def _indexed_conversation_sql(conn, filters: Filters, c: str = "c") -> tuple[lis
     return where, args
 
 
+def _messages_per_conversation(conn) -> float:
+    """About how many messages a conversation holds (largest rowids: two index lookups)."""
+    messages, conversations = conn.execute(
+        "SELECT (SELECT max(rowid) FROM messages), (SELECT max(rowid) FROM conversations)"
+    ).fetchone()
+    return max((messages or 0) / (conversations or 1), 1.0)
+
+
 def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.message_sql(by_rowid=True)
     index = _Index("message", "messages_fts",
@@ -472,9 +480,11 @@ def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _I
         candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(own),
                            own_args))
     # status and surface: the messages of the conversations they keep, when those are few
+    # (and, without a role or time, when their messages may be: an estimate by the rowids)
+    per = _messages_per_conversation(conn)
     kept, kept_args = _indexed_conversation_sql(conn, filters)
-    if kept and _count(conn, f"SELECT 1 FROM conversations c WHERE {_where(kept)}", kept_args,
-                       cap) <= cap:
+    if kept and (n := _count(conn, f"SELECT 1 FROM conversations c WHERE {_where(kept)}",
+                             kept_args, cap)) <= cap and (own or n * per <= 2 * cap):
         candidates.append(("SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m "
                            "ON m.conversationId = c.id WHERE " + _where([*kept, *own]),
                            [*kept_args, *own_args]))
@@ -485,7 +495,7 @@ def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _I
         "SELECT m.rowid AS r FROM json_each(?) j CROSS JOIN conversations c "
         "ON c.rowid = j.value CROSS JOIN messages m ON m.conversationId = c.id WHERE "
         + _where(own), [json.dumps(participants.rowids()), *own_args])
-        if (own or participants.at_most(cap // 2)) and participants.few() else None),
+        if (own or participants.at_most(int(2 * cap / per))) and participants.few() else None),
         participants)
 
 
