@@ -226,9 +226,10 @@ def search(store: Store, text: str, filters: Filters = Filters(), *, limit: int 
     that order, and the other matches follow, the last stored first. `scoring.exact` scores
     every match however many there are.
 
-    Scope: every row, or, when a filter selects at most `scoring.drive_up_to` rows and an
-    index can list them (conversation, time, status; participant by one scan of the
-    conversations), only those rows. Every filter is then applied to the ranked matches.
+    Scope: every row, or, when a filter (or a filter together with the role and time) selects
+    at most `scoring.drive_up_to` rows and an index can list them (conversation, role, time,
+    status, surface by id or type, participant by the trigram index), only those rows. Every
+    filter is then applied to the ranked matches.
 
     A conversation hit is its own row with kind="conversation", id = conversation id,
     createdAt = the conversation's updatedAt and content = its subject; it is left out when
