@@ -321,7 +321,66 @@ CREATE INDEX IF NOT EXISTS idx_conversations_gaps ON conversations (_messages_mi
     WHERE _messages_complete = 0 AND _deleted_at IS NULL;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5]
+# Search filters (query.py) that an index can answer, so that a filter keeping few rows narrows
+# the search before ranking: messages by role (and time), conversations by surface type, and
+# participants by any part of the name or email: a trigram index, kept by triggers (whoever
+# writes), folded by SQLite's simple case folding. Where that folding and Python's casefold
+# part ways (ß → ss, Georgian Mtavruli, ...: the characters of UNFOLDED_CLASS), the trigram
+# index may miss a match, so the rows holding such characters are listed by a partial index
+# and always checked too.
+UNFOLDED = ((0xDF, 0xDF), (0x130, 0x130), (0x149, 0x149), (0x1F0, 0x1F0), (0x37F, 0x37F),
+            (0x390, 0x390), (0x3B0, 0x3B0), (0x528, 0x528), (0x52A, 0x52A), (0x52C, 0x52C),
+            (0x52E, 0x52E), (0x587, 0x587), (0x13F8, 0x13FD), (0x1C80, 0x1C88),
+            (0x1C90, 0x1CBA), (0x1CBD, 0x1CBF), (0x1E96, 0x1E9A), (0x1E9E, 0x1E9E),
+            (0x1F50, 0x1F50), (0x1F52, 0x1F52), (0x1F54, 0x1F54), (0x1F56, 0x1F56),
+            (0x1F80, 0x1FAF), (0x1FB2, 0x1FB4), (0x1FB6, 0x1FB7), (0x1FBC, 0x1FBC),
+            (0x1FC2, 0x1FC4), (0x1FC6, 0x1FC7), (0x1FCC, 0x1FCC), (0x1FD2, 0x1FD3),
+            (0x1FD6, 0x1FD7), (0x1FE2, 0x1FE4), (0x1FE6, 0x1FE7), (0x1FF2, 0x1FF4),
+            (0x1FF6, 0x1FF7), (0x1FFC, 0x1FFC), (0x2C2F, 0x2C2F), (0xA698, 0xA698),
+            (0xA69A, 0xA69A), (0xA796, 0xA796), (0xA798, 0xA798), (0xA79A, 0xA79A),
+            (0xA79C, 0xA79C), (0xA79E, 0xA79E), (0xA7AB, 0xA7AE), (0xA7B0, 0xA7B4),
+            (0xA7B6, 0xA7B6), (0xA7B8, 0xA7B8), (0xA7BA, 0xA7BA), (0xA7BC, 0xA7BC),
+            (0xA7BE, 0xA7BE), (0xA7C0, 0xA7C0), (0xA7C2, 0xA7C2), (0xA7C4, 0xA7C7),
+            (0xA7C9, 0xA7C9), (0xA7D0, 0xA7D0), (0xA7D6, 0xA7D6), (0xA7D8, 0xA7D8),
+            (0xA7F5, 0xA7F5), (0xAB70, 0xABBF), (0xFB00, 0xFB06), (0xFB13, 0xFB17),
+            (0x104B0, 0x104D3), (0x10570, 0x1057A), (0x1057C, 0x1058A), (0x1058C, 0x10592),
+            (0x10594, 0x10595), (0x10C80, 0x10CB2), (0x118A0, 0x118BF), (0x16E40, 0x16E5F),
+            (0x1E900, 0x1E921))
+UNFOLDED_CLASS = "".join(chr(a) if a == b else f"{chr(a)}-{chr(b)}" for a, b in UNFOLDED)
+# the exact expression of the partial index: a query must repeat it to be answered by it
+UNFOLDED_ROWS = (f"(participantName GLOB '*[{UNFOLDED_CLASS}]*' "
+                 f"OR participantEmail GLOB '*[{UNFOLDED_CLASS}]*')")
+
+
+def _participants_fts(row: str, delete: bool = False) -> str:
+    return ("INSERT INTO participants_fts (participants_fts, rowid, participantName, "
+            f"participantEmail) VALUES ('delete', {row}.rowid, {row}.participantName, "
+            f"{row}.participantEmail);" if delete else
+            "INSERT INTO participants_fts (rowid, participantName, participantEmail) "
+            f"VALUES ({row}.rowid, {row}.participantName, {row}.participantEmail);")
+
+
+V6 = f"""
+CREATE INDEX IF NOT EXISTS idx_messages_role ON messages (role, createdAt);
+CREATE INDEX IF NOT EXISTS idx_conversations_surface_type
+    ON conversations (json_extract(surface, '$.type'), surfaceId);
+CREATE INDEX IF NOT EXISTS idx_conversations_unfolded ON conversations (id)
+    WHERE {UNFOLDED_ROWS};
+CREATE VIRTUAL TABLE participants_fts USING FTS5 (
+    participantName, participantEmail, content="conversations", tokenize="trigram"
+);
+INSERT INTO participants_fts (participants_fts) VALUES ('rebuild');
+CREATE TRIGGER participants_fts_insert AFTER INSERT ON conversations
+BEGIN {_participants_fts("NEW")} END;
+CREATE TRIGGER participants_fts_delete AFTER DELETE ON conversations
+BEGIN {_participants_fts("OLD", delete=True)} END;
+CREATE TRIGGER participants_fts_update AFTER UPDATE OF participantName, participantEmail
+ON conversations WHEN OLD.participantName IS NOT NEW.participantName
+     OR OLD.participantEmail IS NOT NEW.participantEmail
+BEGIN {_participants_fts("OLD", delete=True)} {_participants_fts("NEW")} END;
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6]
 LATEST = len(MIGRATIONS)
 
 

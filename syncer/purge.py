@@ -286,7 +286,7 @@ def scrub(store: Store) -> bool:
     conn = store.conn
     with _secure_delete(conn):
         with store.transaction():
-            for fts in ("messages_fts", "conversations_fts"):
+            for fts in ("messages_fts", "conversations_fts", "participants_fts"):
                 conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('optimize')")
         conn.execute("VACUUM")
     if not _checkpoint(conn):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import parse_duration
 from .errors import SyncerError
+from .migrations import UNFOLDED_ROWS
 from .transform import JSON_FIELDS, format_instant
 
 if TYPE_CHECKING:
@@ -78,10 +79,9 @@ class Filters:
             where.append(f"{c}.status IN ({_marks(self.status)})")
             args += self.status
         if self.surface:
-            marks = _marks(self.surface)
-            where.append(f"({c}.surfaceId IN ({marks}) OR "
-                         f"json_extract({c}.surface, '$.type') IN ({marks}))")
-            args += self.surface * 2
+            clause, more = _surface_sql(self, c)
+            where.append(clause)
+            args += more
         if self.conversation:
             where.append(f"{c}.id = ?")
             args.append(self.conversation)
@@ -100,12 +100,13 @@ class Filters:
     def message_sql(self, m: str = "m", c: str = "c", *,
                     by_rowid: bool = False) -> tuple[list[str], list]:
         """`by_rowid`: the caller looks messages up by rowid, so keep the planner off the
-        createdAt index (a unary + on the column)."""
+        createdAt and role indexes (a unary + on the columns)."""
         where, args = self.conversation_sql(c)
+        plus = "+" if by_rowid else ""
         if self.role:
-            where.append(f"{m}.role IN ({_marks(self.role)})")
+            where.append(f"{plus}{m}.role IN ({_marks(self.role)})")
             args += self.role
-        column = f"+{m}.createdAt" if by_rowid else f"{m}.createdAt"
+        column = f"{plus}{m}.createdAt"
         return _time_sql(where, args, column, self.since, self.until)
 
     def conversation_time_sql(self, c: str = "c") -> tuple[list[str], list]:
@@ -225,9 +226,10 @@ def search(store: Store, text: str, filters: Filters = Filters(), *, limit: int 
     that order, and the other matches follow, the last stored first. `scoring.exact` scores
     every match however many there are.
 
-    Scope: every row, or, when a filter selects at most `scoring.drive_up_to` rows and an
-    index can list them (conversation, time, status; participant by one scan of the
-    conversations), only those rows. Every filter is then applied to the ranked matches.
+    Scope: every row, or, when a filter (or a filter together with the role and time) selects
+    at most `scoring.drive_up_to` rows and an index can list them (conversation, role, time,
+    status, surface by id or type, participant by the trigram index), only those rows. Every
+    filter is then applied to the ranked matches.
 
     A conversation hit is its own row with kind="conversation", id = conversation id,
     createdAt = the conversation's updatedAt and content = its subject; it is left out when
@@ -350,97 +352,211 @@ def _execute(conn, sql: str, args: list, query: str) -> sqlite3.Cursor:
 # the FTS query reads only the matches between the smallest and the largest of them and tests
 # each against the list (`+rowid IN`: one test a match; without the `+`, FTS5 would look each
 # listed rowid up, a far slower plan). So a filter that leaves nothing costs no more than one
-# that leaves everything. Each candidate list is counted first, up to the cap.
+# that leaves everything. Each candidate list is counted first, up to the cap, and applies
+# every other condition its index holds (a message's role and time are in each message index),
+# so two filters that each keep many rows but few together still narrow the scope.
 class _Participants:
-    """Rowids and ids of the conversations the participant filter keeps, up to `cap` + 1 of
-    them: one scan of the conversations (it stops early when many match), made at most once
-    per search and only when asked for."""
+    """Rowids and ids of the conversations the participant filter may keep, up to `cap` + 1
+    of them, each list found at most once per search and only when asked for: by the trigram
+    index (migrations.V6) and the rows it may fold differently, or, for fewer than three
+    characters, which the trigram index cannot look up, by one scan of the conversations.
+    A superset: the filter itself is applied to every hit."""
 
     def __init__(self, conn, filters: Filters, cap: int):
-        self.conn, self.filters, self.cap, self._rows = conn, filters, cap, None
+        self.conn, self.filters, self.cap = conn, filters, cap
+        self.needle = filters.participant.casefold() if filters.participant else ""
+        self._rowids: list[int] | None = None
+        self._rows: list[tuple[int, str]] | None = None
+
+    @property
+    def indexed(self) -> bool:
+        return len(self.needle) >= 3
+
+    def rowids(self) -> list[int]:
+        """The conversations' rowids alone (from the trigram index, no conversation read)."""
+        if self._rowids is None:
+            if self.indexed:
+                self._rowids = [r for (r,) in self.conn.execute(
+                    "SELECT rowid FROM participants_fts WHERE participants_fts MATCH ? UNION "
+                    "SELECT rowid FROM conversations INDEXED BY idx_conversations_unfolded "
+                    f"WHERE {UNFOLDED_ROWS} LIMIT ?",
+                    ['"' + self.needle.replace('"', '""') + '"', self.cap + 1])]
+            else:
+                self._rowids = [rowid for rowid, _ in self.rows()]
+        return self._rowids
 
     def rows(self) -> list[tuple[int, str]]:
+        """(rowid, id) of each: the ids are read off the conversations' rows."""
         if self._rows is None:
-            clause, args = self.filters.participant_sql()
-            self._rows = self.conn.execute(
-                f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
-                [*args, self.cap + 1]).fetchall()
+            if self.indexed:
+                self._rows = self.conn.execute(
+                    "SELECT c.rowid, c.id FROM json_each(?) j CROSS JOIN conversations c "
+                    "ON c.rowid = j.value", [json.dumps(self.rowids())]).fetchall()
+            else:
+                clause, args = self.filters.participant_sql()
+                self._rows = self.conn.execute(
+                    f"SELECT c.rowid, c.id FROM conversations c WHERE {clause} LIMIT ?",
+                    [*args, self.cap + 1]).fetchall()
         return self._rows
 
     def few(self) -> bool:
-        return len(self.rows()) <= self.cap
+        return len(self.rowids()) <= self.cap
+
+    def at_most(self, n: int) -> bool:
+        """At most n conversations, known cheaply (by the trigram index); False when the
+        filter cannot be looked up there."""
+        return self.indexed and len(self.rowids()) <= n
 
     def ids(self) -> list[str]:
         return [cid for _, cid in self.rows()]
 
-    def rowids(self) -> list[int]:
-        return [rowid for rowid, _ in self.rows()]
+
+def _surface_sql(filters: Filters, c: str = "c") -> tuple[str, list]:
+    marks = _marks(filters.surface)
+    return (f"({c}.surfaceId IN ({marks}) OR json_extract({c}.surface, '$.type') IN ({marks}))",
+            list(filters.surface) * 2)
+
+
+def _surface_ids_of_types(conn, types) -> set:
+    """The surface ids (None for a missing one) of the conversations of these surface types:
+    one lookup per id in the index of (type, surfaceId), however many conversations."""
+    type_of = "json_extract(surface, '$.type')"
+    ids = set()
+    for kind in types:
+        if conn.execute(f"SELECT 1 FROM conversations WHERE {type_of} = ? AND surfaceId IS NULL "
+                        "LIMIT 1", (kind,)).fetchone():
+            ids.add(None)
+        last = ""
+        while (last := conn.execute(f"SELECT min(surfaceId) FROM conversations WHERE "
+                                    f"{type_of} = ? AND surfaceId > ?",
+                                    (kind, last)).fetchone()[0]) is not None:
+            ids.add(last)
+    return ids
+
+
+def _indexed_conversation_sql(conn, filters: Filters, c: str = "c") -> tuple[list[str], list]:
+    """Status and surface as conditions the conversation indexes answer without reading a
+    row: a surface type becomes the surface ids of the conversations of that type (found by
+    the type's index; with a NULL id, any conversation without one). Keeps a superset of
+    what the filters keep (deletion is not looked at)."""
+    where, args = [], []
+    if filters.status:
+        where.append(f"{c}.status IN ({_marks(filters.status)})")
+        args += filters.status
+    if filters.surface:
+        ids = _surface_ids_of_types(conn, filters.surface)
+        listed = sorted(set(filters.surface) | (ids - {None}))
+        where.append(f"({c}.surfaceId IN ({_marks(listed)})"
+                     + (f" OR {c}.surfaceId IS NULL)" if None in ids else ")"))
+        args += listed
+    return where, args
+
+
+def _messages_per_conversation(conn) -> float:
+    """About how many messages a conversation holds (largest rowids: two index lookups)."""
+    messages, conversations = conn.execute(
+        "SELECT (SELECT max(rowid) FROM messages), (SELECT max(rowid) FROM conversations)"
+    ).fetchone()
+    return max((messages or 0) / (conversations or 1), 1.0)
 
 
 def _message_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.message_sql(by_rowid=True)
     index = _Index("message", "messages_fts",
-                   "SELECT m.rowid, m.createdAt, m.id FROM messages m CROSS JOIN conversations c "
+                   "SELECT m.rowid, m.createdAt, m.id FROM messages m NOT INDEXED "
+                   "CROSS JOIN conversations c "
                    f"ON c.id = m.conversationId WHERE m.rowid IN ({{}}) AND {_where(where)}",
                    args)
-    time, time_args = _time_sql([], [], "createdAt", filters.since, filters.until)
+    # the message's own conditions, answered inside any of the message indexes
+    own, own_args = _time_sql([], [], "m.createdAt", filters.since, filters.until)
+    if filters.role:
+        own.insert(0, f"m.role IN ({_marks(filters.role)})")
+        own_args[:0] = filters.role
+    cap = scoring.drive_up_to
     candidates = []
     if filters.conversation:
-        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(
-            ["conversationId = ?", *time]), [filters.conversation, *time_args]))
-    elif time:
-        candidates.append(("SELECT rowid AS r FROM messages WHERE " + _where(time), time_args))
-    if filters.status and _count(conn, "SELECT 1 FROM conversations WHERE status IN "
-                                       f"({_marks(filters.status)})", list(filters.status),
-                                 scoring.drive_up_to) <= scoring.drive_up_to:
+        candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(
+            ["m.conversationId = ?", *own]), [filters.conversation, *own_args]))
+    elif own:
+        candidates.append(("SELECT m.rowid AS r FROM messages m WHERE " + _where(own),
+                           own_args))
+    # status and surface: the messages of the conversations they keep, when those are few
+    # (and, without a role or time, when their messages may be: an estimate by the rowids)
+    per = _messages_per_conversation(conn)
+    kept, kept_args = _indexed_conversation_sql(conn, filters)
+    if kept and (n := _count(conn, f"SELECT 1 FROM conversations c WHERE {_where(kept)}",
+                             kept_args, cap)) <= cap and (own or n * per <= 2 * cap):
         candidates.append(("SELECT m.rowid AS r FROM conversations c CROSS JOIN messages m "
-                           "ON m.conversationId = c.id "
-                           f"WHERE c.status IN ({_marks(filters.status)})", list(filters.status)))
+                           "ON m.conversationId = c.id WHERE " + _where([*kept, *own]),
+                           [*kept_args, *own_args]))
+    # the participant's: skipped when so many conversations hold more than `cap` messages
+    # anyway (half the cap), unless a role or time may leave few of them
+    # (their ids read one conversation at a time, so a count that reaches the cap stops early)
     return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
-        "SELECT rowid AS r FROM messages WHERE conversationId IN (SELECT value FROM json_each(?))",
-        [json.dumps(participants.ids())]) if participants.few() else None))
+        "SELECT m.rowid AS r FROM json_each(?) j CROSS JOIN conversations c "
+        "ON c.rowid = j.value CROSS JOIN messages m ON m.conversationId = c.id WHERE "
+        + _where(own), [json.dumps(participants.rowids()), *own_args])
+        if (own or participants.at_most(int(2 * cap / per))) and participants.few() else None),
+        participants)
 
 
 def _conversation_index(conn, filters: Filters, scoring: Scoring, participants) -> _Index:
     where, args = filters.conversation_time_sql()
     index = _Index("conversation", "conversations_fts",
-                   "SELECT c.rowid, c.updatedAt, c.id FROM conversations c "
+                   "SELECT c.rowid, c.updatedAt, c.id FROM conversations c NOT INDEXED "
                    f"WHERE c.rowid IN ({{}}) AND {_where(where)}", args)
-    time, time_args = _time_sql([], [], "updatedAt", filters.since, filters.until)
     candidates = []
     if filters.conversation:
         candidates.append(("SELECT rowid AS r FROM conversations WHERE id = ?",
                            [filters.conversation]))
-    if time:
-        candidates.append(("SELECT rowid AS r FROM conversations WHERE " + _where(time),
-                           time_args))
-    if filters.status:
-        candidates.append(("SELECT rowid AS r FROM conversations "
-                           f"WHERE status IN ({_marks(filters.status)})", list(filters.status)))
-    return _narrowed(conn, index, candidates, scoring, filters.participant and (lambda: (
-        "SELECT value AS r FROM json_each(?)",
-        [json.dumps(participants.rowids())]) if participants.few() else None))
+    # status, surface and time together, from one covering index: with a time, the one led
+    # by updatedAt (`+`: not the index of surface ids alone, which would read every row)
+    kept, kept_args = _indexed_conversation_sql(conn, filters)
+    if filters.since or filters.until:
+        kept = [k.replace("(c.surfaceId", "(+c.surfaceId") for k in kept]
+    kept, kept_args = _time_sql(kept, kept_args, "c.updatedAt", filters.since, filters.until)
+    if kept:
+        candidates.append(("SELECT c.rowid AS r FROM conversations c WHERE " + _where(kept),
+                           kept_args))
+    return _narrowed(conn, index, candidates, scoring, filters.participant and (
+        lambda: ("SELECT value AS r FROM json_each(?)", [json.dumps(rowids)])
+        if len(rowids := participants.rowids()) <= scoring.drive_up_to else None), participants)
 
 
-def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant) -> _Index:
+_FEW_PARTICIPANTS = 500  # conversations: their candidate list is tried first, being cheap
+
+
+def _narrowed(conn, index: _Index, candidates: list, scoring: Scoring, participant,
+              participants: _Participants | None = None) -> _Index:
     """`index` scoped to the smallest candidate list if one is small enough. The participant's
-    (`participant()`, a scan of the conversations; None when they are too many) is tried only
-    when no other is small enough."""
+    (`participant()`, which reads up to `cap` conversations; None when they are more) comes
+    first when it names few conversations, else is tried only when no other list is small
+    enough. An empty list ends the counting."""
     def counted(sql, args):
-        n, low, high = conn.execute(f"SELECT count(*), min(r), max(r) FROM ({sql} LIMIT ?)",
-                                    [*args, scoring.drive_up_to + 1]).fetchone()
-        return (n, low, high, sql, args) if n <= scoring.drive_up_to else None
+        rowids = [r for (r,) in conn.execute(f"{sql} LIMIT ?", [*args, scoring.drive_up_to + 1])]
+        return (len(rowids), rowids) if len(rowids) <= scoring.drive_up_to else None
 
-    small = [c for c in (counted(sql, args) for sql, args in candidates) if c]
-    if not small and participant and (listed := participant()):
-        small = [c for c in [counted(*listed)] if c]
+    small = []
+    first = participant and participants.at_most(_FEW_PARTICIPANTS)
+    for listed in [participant if first else None, *candidates,
+                   None if first else participant]:
+        if callable(listed):
+            if small:
+                continue
+            listed = listed()
+        if listed and (found := counted(*listed)):
+            small.append(found)
+            if not found[0]:
+                break
     if not small:
         return index
-    n, low, high, sql, args = min(small, key=lambda c: c[0])
-    if not n:
-        low, high = 1, 0  # an empty range: the FTS query still runs, so bad syntax is seen
+    n, rowids = min(small, key=lambda c: c[0])
+    # an empty list leaves an empty range: the FTS query still runs, so bad syntax is seen
+    low, high = (min(rowids), max(rowids)) if rowids else (1, 0)
+    # the list itself, not its query again: it is read once, and a query may be slow to rerun
     return _Index(index.kind, index.fts, index.check_sql, index.check_args,
-                  f" AND rowid BETWEEN ? AND ? AND +rowid IN ({sql})", (low, high, *args), n)
+                  " AND rowid BETWEEN ? AND ? AND +rowid IN (SELECT value FROM json_each(?))",
+                  (low, high, json.dumps(rowids)), n)
 
 
 def _count(conn, sql: str, args: list, cap: int) -> int:

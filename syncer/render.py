@@ -14,8 +14,6 @@ import json
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-import wcwidth
-
 from .query import MARK
 from .zones import DEFAULT, Zone
 
@@ -56,6 +54,7 @@ def dump_csv(rows: Sequence[dict], out: TextIO, columns: Sequence[str] | None = 
 def width(text: str, marks: int = 0) -> int:
     """Columns a string takes on a terminal: wide (CJK, most emoji) take two, combining marks
     none, and each highlight marker `marks` (0 when it becomes a colour, 1 as a bracket)."""
+    import wcwidth  # here: only tables measure text, and its import costs more than a search
     return sum(marks if ch in MARK else max(wcwidth.wcwidth(ch), 0) for ch in text)
 
 

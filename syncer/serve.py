@@ -57,6 +57,7 @@ def metadata(database: str) -> dict:
             "conversations": {"facets": ["status", "surfaceId"], "sort_desc": "updatedAt"},
             "messages_fts": {"hidden": True},
             "conversations_fts": {"hidden": True},
+            "participants_fts": {"hidden": True},
         },
         "queries": {
             "search": {"title": "Search messages, best match first", "sql": SEARCH_SQL.strip(),

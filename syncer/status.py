@@ -8,6 +8,7 @@ records it.
 from __future__ import annotations
 
 import os
+import sqlite3
 from datetime import datetime, timezone
 
 from . import lock
@@ -32,6 +33,15 @@ def _size(path: str) -> int:
         return os.path.getsize(path)
     except OSError:
         return 0
+
+
+def _messages(conn) -> int:
+    """How many messages the mirror holds: the sum of the daily counts the write triggers keep
+    (migrations.V4; a thousand rows, not a million), or a count when they are not kept."""
+    try:
+        return conn.execute("SELECT coalesce(sum(n), 0) FROM _daily").fetchone()[0]
+    except sqlite3.OperationalError:
+        return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
 
 
 def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
@@ -64,7 +74,7 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
         gaps = q("SELECT count(*), coalesce(sum(_messages_missing), 0) FROM conversations "
                  "WHERE _messages_complete = 0 AND _deleted_at IS NULL")
         rejects = dict(conn.execute("SELECT endpoint, count(*) FROM _rejects GROUP BY endpoint"))
-        messages = q("SELECT count(*) FROM messages")[0]
+        messages = _messages(conn)
         upstream = q("SELECT value FROM _sync_state WHERE key = 'upstream_url'")
     finally:
         store.close()

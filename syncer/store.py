@@ -546,7 +546,7 @@ class Store:
         """Merge the full-text indexes' segments into one: searches of common words score
         their matches faster. Worth it after a large batch of writes (seconds per million)."""
         with self.transaction():
-            for fts in ("messages_fts", "conversations_fts"):
+            for fts in ("messages_fts", "conversations_fts", "participants_fts"):
                 self.conn.execute(f"INSERT INTO {fts}({fts}) VALUES ('optimize')")
 
     def reject(self, endpoint: str, record: object, reason: str) -> None:

@@ -167,3 +167,21 @@ def test_status_counts_what_each_run_changed(synced):
     info = json.loads(syncer(tmp_path, "status", "--format", "json").stdout)
     assert info["runs"][0]["conversations_changed"] == 39
     assert info["runs"][0]["messages_written"] == info["messages"]
+
+
+def test_message_count_stays_exact_through_deletes_and_moves(synced):
+    """The count comes from the daily counts the write triggers keep, not from a scan: it
+    equals a count of the rows after any writer deletes, moves or adds messages."""
+    upstream, server, tmp_path, broken = synced
+    db = str(tmp_path / "m.db")
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages LIMIT 7)")
+        conn.execute("UPDATE messages SET createdAt = '2001-01-01T00:00:00.000000Z', "
+                     "role = 'system' WHERE rowid IN (SELECT rowid FROM messages LIMIT 3)")
+    conn.close()
+    assert run_sync(settings_for(server, db)).outcome in ("ok", "partial")
+    conn = sqlite3.connect(db)
+    held = conn.execute("SELECT count(*) FROM messages").fetchone()[0]
+    conn.close()
+    assert status.gather(db)["messages"] == held > 0
