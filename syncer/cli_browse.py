@@ -14,6 +14,7 @@ import sys
 import click
 
 from . import config, known, query, render
+from . import stats as stats_module
 from .cli_context import App, Choice, command, pass_app
 from .errors import ConfigError
 from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
@@ -245,7 +246,7 @@ def stats(app: App, per, filters, fmt):
       syncer stats --per month --format csv
     """
     with _open(app, filters) as store:
-        result = query.stats(store, filters, per=per)
+        result = stats_module.stats(store, filters, per=per)
     fmt = _fmt(fmt, "json")
     if fmt == "json":
         render.dump_json(result, sys.stdout)

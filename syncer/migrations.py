@@ -321,7 +321,68 @@ CREATE INDEX IF NOT EXISTS idx_conversations_gaps ON conversations (_messages_mi
     WHERE _messages_complete = 0 AND _deleted_at IS NULL;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5]
+# Filtered stats (stats.py): messages per conversation, UTC day, role and direction, so that a
+# filter on the conversations (status, surface, participant) sums the rows of the conversations
+# it keeps instead of reading their messages. It replaces _conversation_counts (the sum of a
+# conversation's rows), so a message write still costs two upserts. A row whose count falls to
+# zero is removed, so a purge leaves nothing behind. Written to apply on top of V5 or V6, in
+# either order: it names nothing V6 adds, and every statement can run on a database that has
+# it already.
+def _conv_day(row: str, n: int) -> str:
+    return f"""
+  INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
+  VALUES ({row}.conversationId, json_array(substr({row}.createdAt, 1, 10), {row}.role,
+          {row}.direction), substr({row}.createdAt, 1, 10), {row}.role, {row}.direction, {n})
+  ON CONFLICT (conversationId, key) DO UPDATE SET n = n + ({n});"""
+
+
+def _day(row: str, n: int) -> str:
+    return f"""
+  INSERT INTO _daily (key, day, role, direction, n)
+  VALUES (json_array(substr({row}.createdAt, 1, 10), {row}.role, {row}.direction),
+          substr({row}.createdAt, 1, 10), {row}.role, {row}.direction, {n})
+  ON CONFLICT (key) DO UPDATE SET n = n + ({n});"""
+
+
+_GONE_ROW = """
+  DELETE FROM _conv_days WHERE conversationId = OLD.conversationId AND n = 0
+    AND key = json_array(substr(OLD.createdAt, 1, 10), OLD.role, OLD.direction);"""
+
+V7 = f"""
+CREATE TABLE IF NOT EXISTS _conv_days (
+    conversationId TEXT NOT NULL,
+    key TEXT NOT NULL,
+    day TEXT,
+    role TEXT,
+    direction TEXT,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (conversationId, key)
+) WITHOUT ROWID;
+DELETE FROM _conv_days;
+INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
+SELECT conversationId, json_array(substr(createdAt, 1, 10), role, direction),
+       substr(createdAt, 1, 10), role, direction, count(*) FROM messages GROUP BY 1, 3, 4, 5;
+DROP TRIGGER IF EXISTS messages_counts_insert;
+DROP TRIGGER IF EXISTS messages_counts_delete;
+DROP TRIGGER IF EXISTS messages_counts_update;
+DROP TABLE IF EXISTS _conversation_counts;
+CREATE TRIGGER messages_counts_insert AFTER INSERT ON messages
+BEGIN {_day("NEW", 1)} {_conv_day("NEW", 1)} END;
+CREATE TRIGGER messages_counts_delete AFTER DELETE ON messages
+BEGIN {_day("OLD", -1)} {_conv_day("OLD", -1)} {_GONE_ROW} END;
+CREATE TRIGGER messages_counts_update AFTER UPDATE OF conversationId, createdAt, role, direction
+ON messages WHEN OLD.conversationId IS NOT NEW.conversationId
+     OR OLD.createdAt IS NOT NEW.createdAt OR OLD.role IS NOT NEW.role
+     OR OLD.direction IS NOT NEW.direction
+BEGIN {_day("OLD", -1)} {_conv_day("OLD", -1)} {_GONE_ROW} {_day("NEW", 1)} {_conv_day("NEW", 1)}
+END;
+"""
+
+# V6 is search's (query.py); this branch has none, so its place holds an empty step until the
+# two meet. V7 does not depend on it.
+V6 = ""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7]
 LATEST = len(MIGRATIONS)
 
 

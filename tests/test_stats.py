@@ -5,6 +5,7 @@ import json
 import sqlite3
 import statistics
 from collections import Counter
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 from support import build_mirror, read_store
 
 from syncer.cli import main
-from syncer.query import Filters, QueryError, stats
+from syncer.query import Filters, QueryError
+from syncer import stats as stats_module
+from syncer.stats import stats
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,14 @@ def counted(values, key):
                                                      key=lambda kv: (-kv[1], kv[0] or ""))]
 
 
+def surface_named(convs, surface_id):
+    """The name and type of a surface, as its latest conversation has them."""
+    latest = max((c for c in convs.values() if c["surfaceId"] == surface_id
+                  and not c["_purged_at"]), key=lambda c: c["updatedAt"])
+    surface = json.loads(latest["surface"] or "{}")
+    return {"name": surface.get("name"), "type": surface.get("type")}
+
+
 def instant(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -44,16 +55,32 @@ def week(text):
     return (day - timedelta(days=day.weekday())).isoformat()
 
 
-def expected(db, since=None, until=None, per="week"):
+def passes(c, f: Filters) -> bool:
+    """Whether conversation row `c` passes the conversation filters of `f`, by the book."""
+    surface = json.loads(c["surface"] or "{}")
+    folded = [(v or "").casefold() for v in (c["participantName"], c["participantEmail"])]
+    return (not c["_purged_at"] and (f.include_deleted or not c["_deleted_at"])
+            and (not f.status or c["status"] in f.status)
+            and (not f.surface or c["surfaceId"] in f.surface or surface.get("type") in f.surface)
+            and (not f.participant or any(f.participant.casefold() in v for v in folded))
+            and (not f.conversation or c["id"] == f.conversation))
+
+
+def expected(db, since=None, until=None, per="week", filters=None):
+    f = filters or Filters(since=since, until=until)
+    since, until = f.since, f.until
     convs, msgs = load(db)
-    live = {i: c for i, c in convs.items() if not c["_deleted_at"]}
+    live = {i: c for i, c in convs.items() if passes(c, f)}
+    of_roles = [m for m in msgs if not f.role or m["role"] in f.role]
+    with_role = {m["conversationId"] for m in of_roles}
     cs = [c for c in live.values() if (not since or c["updatedAt"] >= since)
-          and (not until or c["updatedAt"] < until)]
-    ms = [m for m in msgs if m["conversationId"] in live and (not since or m["createdAt"] >= since)
-          and (not until or m["createdAt"] < until)]
-    # a turn dated in the window counts, answered within it or later
+          and (not until or c["updatedAt"] < until) and (not f.role or c["id"] in with_role)]
+    ms = [m for m in of_roles if m["conversationId"] in live
+          and (not since or m["createdAt"] >= since) and (not until or m["createdAt"] < until)]
+    # a turn dated in the window counts, answered within it or later; with roles, the turns of
+    # those roles' messages alone
     at = {m["id"]: m["createdAt"] for m in msgs}
-    delays = [d for i, d in turns_of(m for m in msgs if m["conversationId"] in live).items()
+    delays = [d for i, d in turns_of(m for m in of_roles if m["conversationId"] in live).items()
               if (not since or at[i] >= since) and (not until or at[i] < until)]
     people = Counter()
     threads = {}
@@ -72,14 +99,17 @@ def expected(db, since=None, until=None, per="week"):
         "since": since, "until": until,
         "conversations": {"total": len(cs), "byStatus": counted([c["status"] for c in cs],
                                                                  "status"),
-                          "bySurface": counted([c["surfaceId"] for c in cs], "surfaceId")},
-        "messages": {"total": len(ms), "first": min(m["createdAt"] for m in ms),
-                     "last": max(m["createdAt"] for m in ms),
+                          "bySurface": [dict(s, **surface_named(convs, s["surfaceId"]))
+                                        for s in counted([c["surfaceId"] for c in cs],
+                                                         "surfaceId")]},
+        "messages": {"total": len(ms), "first": min((m["createdAt"] for m in ms), default=None),
+                     "last": max((m["createdAt"] for m in ms), default=None),
                      "byRole": counted([m["role"] for m in ms], "role"),
                      "byDirection": counted([m["direction"] for m in ms], "direction")},
         "volume": {"per": per, "buckets": [{"start": k, "messages": n} for k, n in sorted(
             Counter(bucket(m["createdAt"]) for m in ms).items())]},
-        "firstResponse": {"turns": len(delays), "medianSeconds": statistics.median(delays)},
+        "firstResponse": {"turns": len(delays),
+                          "medianSeconds": statistics.median(delays) if delays else None},
         "busiestParticipants": [
             {"participantName": max((n for n, _ in names[w] if n), default=None),
              "participantEmail": max((e for _, e in names[w] if e), default=None),
@@ -105,6 +135,52 @@ def test_stats_in_a_window(db, since, until, per):
     with _open(db) as store:
         got = stats(store, Filters(since=since, until=until), per=per)
     assert got == expected(db, since, until, per)
+
+
+WINDOWS = [
+    (None, None),
+    ("2024-01-01T00:00:00.000000Z", None),                                # whole days
+    ("2024-02-03T12:00:00.000000Z", "2024-04-09T06:00:00.000000Z"),       # part-days at both ends
+    (None, "2024-03-15T08:30:00.000000Z"),
+    ("2024-04-02T10:00:00.000000Z", "2024-04-02T18:00:00.000000Z"),       # inside one day
+    ("2024-04-05T00:00:00.000000Z", "2024-04-05T00:00:00.000000Z"),       # empty
+]
+SHAPES = [
+    Filters(status=("open",)),
+    Filters(status=("closed", "archived")),
+    Filters(surface=("surface_002",)),
+    Filters(surface=("email", "surface_001")),                            # a type and an id
+    Filters(participant="jane"),
+    Filters(participant="EXAMPLE.COM"),
+    Filters(participant="zoë"),
+    Filters(role=("user",)),                                              # recounted turns
+    Filters(role=("assistant",)),
+    Filters(role=("user", "assistant")),
+    Filters(status=("open",), role=("assistant",), surface=("sms", "webchat")),
+    Filters(include_deleted=True),
+    Filters(include_deleted=True, status=("open",)),
+    Filters(participant="no such person"),
+]
+
+
+@pytest.mark.parametrize("scan_up_to", [0, 10**9], ids=["kept-counts", "message-scan"])
+@pytest.mark.parametrize("shape", SHAPES, ids=repr)
+def test_every_filter_shape_equals_a_recount(db, monkeypatch, shape, scan_up_to):
+    """Each filter, over whole and part-day windows, read from the kept counts or from the
+    messages (SCAN_UP_TO decides), gives the figures of a recount from the raw rows."""
+    monkeypatch.setattr(stats_module, "SCAN_UP_TO", scan_up_to)
+    with _open(db) as store:
+        for since, until in WINDOWS:
+            f = replace(shape, since=since, until=until)
+            assert stats(store, f, per="day") == expected(db, per="day", filters=f), f
+
+
+def test_one_conversation(db):
+    convs, _ = load(db)
+    cid = sorted(convs)[3]
+    with _open(db) as store:
+        f = Filters(conversation=cid)
+        assert stats(store, f, per="month") == expected(db, per="month", filters=f)
 
 
 def test_auto_period_and_bad_period(db):
@@ -169,8 +245,8 @@ def turns_of(msgs) -> dict[str, float]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_turns_kept_at_write_time_equal_a_recount(seed):
-    """Whatever order messages are written, changed, moved and deleted in, the turns the
-    triggers keep (migrations.V4) are those of a recount over every message."""
+    """Whatever order messages are written, changed, moved and deleted in, the turns and
+    counts the triggers keep (migrations.V4, V7) are those of a recount over every message."""
     import random
 
     from syncer import migrations
@@ -209,8 +285,11 @@ def test_turns_kept_at_write_time_equal_a_recount(seed):
         daily = Counter((m["createdAt"][:10], m["role"], None) for m in held.values())
         assert {(d, r, w): n for d, r, w, n in conn.execute(
             "SELECT day, role, direction, n FROM _daily") if n} == daily, step
-        assert {c: n for c, n in conn.execute("SELECT * FROM _conversation_counts") if n} == \
-            Counter(m["conversationId"] for m in held.values()), step
+        # per conversation too, and a count that falls to nothing leaves no row
+        assert {(c, d, r, w): n for c, d, r, w, n in conn.execute(
+            "SELECT conversationId, day, role, direction, n FROM _conv_days")} == Counter(
+            (m["conversationId"], m["createdAt"][:10], m["role"], None)
+            for m in held.values()), step
 
 
 def test_counts_kept_at_write_time_equal_a_pass_over_the_messages(db):
