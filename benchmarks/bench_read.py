@@ -199,16 +199,48 @@ def measure(path: str, runs: int) -> list[str]:
     return lines
 
 
-def measure_stats(path: str) -> list[str]:
+MAY = ("2024-05-01T00:00:00.000000Z", None)
+MONTH = ("2024-04-01T00:00:00.000000Z", "2024-05-01T00:00:00.000000Z")
+STATS_SHAPES = [   # (label, filters, window); every shape runs over the whole mirror and a month
+    ("no filter", {}),
+    ("--status open", {"status": ("open",)}),
+    ("--status closed --status archived", {"status": ("closed", "archived")}),
+    ("--surface surface_002", {"surface": ("surface_002",)}),
+    ("--surface email (a type)", {"surface": ("email",)}),
+    ("--participant jane", {"participant": "jane"}),
+    ("--participant example.com (every email)", {"participant": "example.com"}),
+    ("--role user (turns recounted)", {"role": ("user",)}),
+    ("--role user --role assistant", {"role": ("user", "assistant")}),
+    ("--status open --surface sms --role assistant",
+     {"status": ("open",), "surface": ("sms",), "role": ("assistant",)}),
+    ("--include-deleted", {"include_deleted": True}),
+]
+
+
+def measure_stats(path: str, runs: int = 20) -> list[str]:
     from syncer import query
+    from syncer.stats import stats
     store = Store.open_readonly(path)
-    lines = ["| operation | p50 ms | p95 ms |", "| --- | ---: | ---: |"]
-    for name, fn, n in [
-            ("stats, whole mirror", lambda: query.stats(store), 3),
-            ("stats --since 2024-05-01", lambda: query.stats(
-                store, query.Filters(since="2024-05-01T00:00:00.000000Z")), 5)]:
-        p50, p95 = _timed(fn, n)
-        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} |")
+    lines = ["| filters | whole mirror p50 ms | p95 ms | a month p50 ms | p95 ms |",
+             "| --- | ---: | ---: | ---: | ---: |"]
+    for name, shape in STATS_SHAPES:
+        cells = []
+        for since, until in ((None, None), MONTH):
+            filters = query.Filters(since=since, until=until, **shape)
+            cells += _timed(lambda: stats(store, filters), runs)
+        lines.append(f"| {name} | " + " | ".join(f"{t:.0f}" for t in cells) + " |")
+    for name, since, until in [
+            ("--since 2024-05-01", *MAY),
+            ("--since 2024-02-03T12:00 (part-day start, 100 days)",
+             "2024-02-03T12:00:00.000000Z", None),
+            ("--status open --since 2024-02-03T12:00", "2024-02-03T12:00:00.000000Z", None)]:
+        shape = {"status": ("open",)} if "status" in name else {}
+        filters = query.Filters(since=since, until=until, **shape)
+        p50, p95 = _timed(lambda: stats(store, filters), runs)
+        lines.append(f"| {name} | {p50:.0f} | {p95:.0f} | | |")
+    for per in ("month",):
+        p50, p95 = _timed(lambda: stats(store, per=per), runs)
+        lines.append(f"| --per {per} | {p50:.0f} | {p95:.0f} | | |")
     store.close()
     return lines
 
@@ -290,7 +322,7 @@ def main() -> None:
         print(f"built {held:,} messages in {time.perf_counter() - started:.0f}s",
               file=sys.stderr)
     sections = {"calls": lambda: measure(args.db, args.runs),
-                "stats": lambda: measure_stats(args.db),
+                "stats": lambda: measure_stats(args.db, min(args.runs, 20)),
                 "relevance": lambda: measure_relevance(args.db, 5),
                 "commands": lambda: measure_commands(args.db, args.runs),
                 "exports": lambda: measure_exports(args.db)}

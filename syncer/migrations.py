@@ -325,9 +325,11 @@ CREATE INDEX IF NOT EXISTS idx_conversations_gaps ON conversations (_messages_mi
 # filter on the conversations (status, surface, participant) sums the rows of the conversations
 # it keeps instead of reading their messages. It replaces _conversation_counts (the sum of a
 # conversation's rows), so a message write still costs two upserts. A row whose count falls to
-# zero is removed, so a purge leaves nothing behind. Written to apply on top of V5 or V6, in
-# either order: it names nothing V6 adds, and every statement can run on a database that has
-# it already.
+# zero is removed, so a purge leaves nothing behind. idx_conversations_kept holds what stats
+# reads of a conversation, so the ids a filter keeps are found without reading the rows; the
+# delay index holds each turn's time, so a median over a long window walks it alone. Written
+# to apply on top of V5 or V6, in either order: it names nothing V6 adds, and every statement
+# can run on a database that has it already.
 def _conv_day(row: str, n: int) -> str:
     return f"""
   INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
@@ -366,6 +368,11 @@ DROP TRIGGER IF EXISTS messages_counts_insert;
 DROP TRIGGER IF EXISTS messages_counts_delete;
 DROP TRIGGER IF EXISTS messages_counts_update;
 DROP TABLE IF EXISTS _conversation_counts;
+CREATE INDEX IF NOT EXISTS idx_conversations_kept ON conversations (_purged_at, _deleted_at,
+    status, surfaceId, json_extract(surface, '$.type'), updatedAt, id, participantEmail,
+    participantName);
+DROP INDEX IF EXISTS idx_turns_delay;
+CREATE INDEX idx_turns_delay ON _turns (delay, conversationId, at);
 CREATE TRIGGER messages_counts_insert AFTER INSERT ON messages
 BEGIN {_day("NEW", 1)} {_conv_day("NEW", 1)} END;
 CREATE TRIGGER messages_counts_delete AFTER DELETE ON messages

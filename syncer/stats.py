@@ -90,12 +90,18 @@ class _Scope:
         self.narrowed = replace(filters, role=(), since=None, until=None,
                                 include_deleted=False) != Filters()
         if self.narrowed:
+            conn.execute("PRAGMA temp_store = MEMORY")   # a file would cost twice the time
             conn.execute("CREATE TEMP TABLE IF NOT EXISTS stats_kept (id TEXT PRIMARY KEY, "
-                         "who TEXT, name TEXT, email TEXT) WITHOUT ROWID")
+                         "who TEXT, name TEXT, email TEXT, status TEXT, surfaceId TEXT, "
+                         "updatedAt TEXT) WITHOUT ROWID")
             conn.execute("DELETE FROM temp.stats_kept")
-            where, args = filters.conversation_sql("c")
+            where, args = replace(filters, participant=None).conversation_sql("c")
+            if filters.participant:
+                where.append(_participant_sql())
+                args += [filters.participant.casefold()] * 4
             conn.execute(f"INSERT INTO temp.stats_kept SELECT c.id, {WHO}, c.participantName, "
-                         f"c.participantEmail FROM conversations c WHERE {_where(where)}", args)
+                         "c.participantEmail, c.status, c.surfaceId, c.updatedAt "
+                         f"FROM conversations c WHERE {_where(where)}", args)
             self.members = "IN (SELECT id FROM temp.stats_kept)"
         else:
             self.members = f"NOT IN (SELECT id FROM {_gone(filters)})"
@@ -147,20 +153,30 @@ class _Scope:
             args += self.f.role
         return _time_sql(where, args, "m.createdAt", since, until)
 
+    def _messages(self, since: str | None, until: str | None) -> tuple[str, list]:
+        """FROM and WHERE of those messages, read by time from the covering index (not by
+        conversation, which the planner may prefer when a filter keeps many)."""
+        where, args = self._message_where(since, until)
+        return (f"FROM messages m INDEXED BY idx_messages_stats WHERE {_where(where)}", args)
+
     # -- figures -----------------------------------------------------------------------------
     def conversation_counts(self) -> tuple[Counter, Counter]:
         """Conversations by status and by surface id, dated by updatedAt; with --role, those
         holding a message of one of the roles."""
-        where, args = self.f.conversation_sql("c")
+        if self.narrowed:
+            source, where, args = "temp.stats_kept c", [], []
+        else:
+            source = "conversations c"
+            where, args = self.f.conversation_sql("c")
         if self.f.role:
-            where.append(f"EXISTS (SELECT 1 FROM _conv_days r WHERE r.conversationId = c.id "
-                         f"AND r.n != 0 AND r.role IN ({_marks(self.f.role)}))")
+            where.append(f"c.id IN (SELECT r.conversationId FROM _conv_days r "
+                         f"WHERE r.role IN ({_marks(self.f.role)}))")
             args += self.f.role
         where, args = _time_sql(where, args, "c.updatedAt", self.f.since, self.f.until)
         statuses: Counter = Counter()
         surfaces: Counter = Counter()
         for status, surface, n in self.conn.execute(
-                f"SELECT c.status, c.surfaceId, count(*) FROM conversations c "
+                f"SELECT c.status, c.surfaceId, count(*) FROM {source} "
                 f"WHERE {_where(where)} GROUP BY 1, 2", args):
             statuses[status] += n
             surfaces[surface] += n
@@ -184,28 +200,48 @@ class _Scope:
         out: Counter = Counter()
         if self.whole is not None:
             where, args = self._kept_where(self.whole)
-            if self.narrowed:
+            left = self._left_out() if self.narrowed else None
+            if left is None and self.narrowed:
                 rows = self.conn.execute(
                     "SELECT k.day, k.role, k.direction, sum(k.n) FROM temp.stats_kept i "
                     f"JOIN _conv_days k ON k.conversationId = i.id WHERE {_where(where)} "
                     "GROUP BY 1, 2, 3", args)
             else:
+                # everything, less the conversations left out when they are fewer
                 rows = self.conn.execute("SELECT k.day, k.role, k.direction, k.n FROM _daily k "
                                          f"WHERE {_where(where)}", args)
-                for d, r, w, n in self.conn.execute(
-                        "SELECT k.day, k.role, k.direction, sum(k.n) FROM _conv_days k "
-                        f"WHERE k.conversationId IN (SELECT id FROM {_gone(self.f)}) "
-                        f"AND {_where(where)} GROUP BY 1, 2, 3", args):
-                    out[(d, r, w)] -= n
+                for source in filter(None, (f"SELECT id FROM {_gone(self.f)}", left)):
+                    for d, r, w, n in self.conn.execute(
+                            "SELECT k.day, k.role, k.direction, sum(k.n) FROM _conv_days k "
+                            f"WHERE k.conversationId IN ({source}) AND {_where(where)} "
+                            "GROUP BY 1, 2, 3", args):
+                        out[(d, r, w)] -= n
             for d, r, w, n in rows:
                 out[(d, r, w)] += n
         for since, until in self.edges:
-            where, args = self._message_where(since, until)
+            source, args = self._messages(since, until)
             for d, r, w, n in self.conn.execute(
                     "SELECT substr(m.createdAt, 1, 10), m.role, m.direction, count(*) "
-                    f"FROM messages m WHERE {_where(where)} GROUP BY 1, 2, 3", args):
+                    f"{source} GROUP BY 1, 2, 3", args):
                 out[(d, r, w)] += n
         return +out
+
+    def _left_out(self) -> str | None:
+        """When a filter keeps most conversations, SQL of the ids of those it leaves out
+        (besides the deleted and forgotten): summing everything less them reads fewer rows."""
+        kept = self.conn.execute("SELECT count(*) FROM temp.stats_kept").fetchone()[0]
+        where, _ = Filters(include_deleted=self.f.include_deleted).conversation_sql("c")
+        live = self.conn.execute(f"SELECT count(*) FROM conversations c "
+                                 f"WHERE {_where(where)}").fetchone()[0]
+        if kept <= live / 2:
+            return None
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS stats_left (id TEXT PRIMARY KEY) "
+                          "WITHOUT ROWID")
+        self.conn.execute("DELETE FROM temp.stats_left")
+        self.conn.execute(f"INSERT INTO temp.stats_left SELECT c.id FROM conversations c "
+                          f"WHERE {_where(where)} AND c.id NOT IN (SELECT id FROM "
+                          "temp.stats_kept)")
+        return "SELECT id FROM temp.stats_left"
 
     def first_and_last(self, days: Counter) -> tuple[str | None, str | None]:
         """The first and last message times, read within the first and last days that hold
@@ -217,9 +253,9 @@ class _Scope:
         for fn, day in (("min", held[0]), ("max", held[-1])):
             since = max(filter(None, (self.f.since, day + MIDNIGHT)))
             until = min(filter(None, (self.f.until, _next_day(day) + MIDNIGHT)))
-            where, args = self._message_where(since, until)
-            out.append(self.conn.execute(f"SELECT {fn}(m.createdAt) FROM messages m "
-                                         f"WHERE {_where(where)}", args).fetchone()[0])
+            source, args = self._messages(since, until)
+            out.append(self.conn.execute(f"SELECT {fn}(m.createdAt) {source}",
+                                         args).fetchone()[0])
         return out[0], out[1]
 
     def _per_conversation(self) -> tuple[str, list]:
@@ -236,9 +272,8 @@ class _Scope:
                          f"WHERE {_where(where)} GROUP BY 1")
             args += more
         for since, until in edges:
-            where, more = self._message_where(since, until)
-            parts.append("SELECT m.conversationId AS cid, count(*) AS n FROM messages m "
-                         f"WHERE {_where(where)} GROUP BY 1")
+            source, more = self._messages(since, until)
+            parts.append(f"SELECT m.conversationId AS cid, count(*) AS n {source} GROUP BY 1")
             args += more
         if not parts:
             return "SELECT NULL AS cid, 0 AS n WHERE 0", []
@@ -268,19 +303,22 @@ class _Scope:
         """From the turns kept at write time: count them, then read the middle one or two in
         order of delay. With --role, a recount when the roles leave out any message."""
         roles = self.f.role
-        if roles and "user" not in roles:
-            return _median([])
+        if roles and ("user" not in roles or set(roles) == {"user"}):
+            return _median([])     # no user message, or nothing but: no turn is answered
         if roles and not {r for (r,) in self.conn.execute(
                 "SELECT DISTINCT role FROM _daily WHERE n != 0")} <= set(roles):
             return self._first_response_recounted()
         where, args = _time_sql([f"t.conversationId {self.members}"], [], "t.at",
                                 self.f.since, self.f.until)
-        source = f"FROM _turns t WHERE {_where(where)}"
-        n = self.conn.execute(f"SELECT count(*) {source}", args).fetchone()[0]
+        n = self.conn.execute(f"SELECT count(*) FROM _turns t WHERE {_where(where)}",
+                              args).fetchone()[0]
         if not n:
             return _median([])
+        # over a long window, walking the turns in order of delay beats sorting them
+        index = "idx_turns_at" if self.short else "idx_turns_delay"
         middle = [d for (d,) in self.conn.execute(
-            f"SELECT t.delay {source} ORDER BY t.delay LIMIT ? OFFSET ?",
+            f"SELECT t.delay FROM _turns t INDEXED BY {index} WHERE {_where(where)} "
+            "ORDER BY t.delay LIMIT ? OFFSET ?",
             [*args, 2 - n % 2, (n - 1) // 2])]
         return {"turns": n, "medianSeconds": middle[0] if n % 2 else sum(middle) / 2}
 
@@ -299,6 +337,17 @@ class _Scope:
                 SELECT round((julianday(reply) - julianday(at)) * 86400, 3) FROM w
                 WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL
                 AND {_where(outer)}""", [*args, *more])))
+
+
+def _participant_sql() -> str:
+    """Filters.participant_sql's test (a case-folded part of the name or the email, with four
+    arguments: the folded text each time), folding in SQL where it is the same as in Python: a
+    value of ASCII folds to its lower case, so only the others cost a call to Python (and
+    the email, most often ASCII, is tried first)."""
+    def part(column: str) -> str:
+        return (f"(CASE WHEN length(CAST({column} AS BLOB)) = length({column}) "
+                f"THEN instr(lower({column}), ?) ELSE instr(syncer_fold({column}), ?) END > 0)")
+    return f"({part('c.participantEmail')} OR {part('c.participantName')})"
 
 
 def _gone(filters: Filters) -> str:

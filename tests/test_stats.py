@@ -303,3 +303,26 @@ def test_counts_kept_at_write_time_equal_a_pass_over_the_messages(db):
             assert {**kept, "since": None} == {**scanned, "since": None}
     convs, msgs = load(db)
     assert kept["messages"]["total"] == len(msgs)      # the deleted conversation's too
+
+
+@pytest.mark.parametrize("needle", ["ss", "STRASSE", "k", "é", "ǆ", "ΣΑΣ", "x"])
+def test_the_participant_test_folds_as_python_does(needle):
+    """stats folds printable ASCII in SQL and the rest in Python: the same as casefold."""
+    from syncer.query import prepare
+    from syncer.stats import _participant_sql
+    values = ["Straße", "STRASSE", "\u212a elvin", "ÉCOLE", "ǅemal", "ΌΣΑΣ", "tab\there", None,
+              "plain ascii", "Ada.Lovelace@Example.COM"]
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE conversations (participantName TEXT, participantEmail TEXT)")
+    conn.executemany("INSERT INTO conversations VALUES (?, ?)", [(v, None) for v in values] +
+                     [(None, v) for v in values])
+
+    class Held:
+        pass
+    store = Held()
+    store.conn = conn
+    prepare(store)
+    got = conn.execute(f"SELECT participantName, participantEmail FROM conversations c "
+                       f"WHERE {_participant_sql()}", [needle.casefold()] * 4).fetchall()
+    assert got == [(n, e) for n, e in conn.execute("SELECT * FROM conversations")
+                   if any(v and needle.casefold() in v.casefold() for v in (n, e))]
