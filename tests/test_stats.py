@@ -203,7 +203,7 @@ def test_cli_json_and_chart(db):
     assert json.loads(result.output) == expected(db, "2024-01-01T00:00:00.000000Z",
                                                  "2024-05-02T00:00:00.000000Z", "week")
     chart = runner.invoke(main, ["--db", db, "stats", "--format", "table"]).output
-    assert "conversations by status" in chart and "median first response" in chart
+    assert "conversations by status" in chart and "first response: median" in chart
     status_lines = chart.split("conversations by status\n")[1].split("\n\n")[0].splitlines()
     assert status_lines[0].rstrip().endswith("#" * 40)
 
@@ -326,3 +326,71 @@ def test_the_participant_test_folds_as_python_does(needle):
                        f"WHERE {_participant_sql()}", [needle.casefold()] * 4).fetchall()
     assert got == [(n, e) for n, e in conn.execute("SELECT * FROM conversations")
                    if any(v and needle.casefold() in v.casefold() for v in (n, e))]
+
+
+def test_the_table_says_what_it_counts(db):
+    """Labels name the unit and the clock; surfaces by name and type; a participant whose
+    name another shares is told apart by email."""
+    want = expected(db, per="month")
+    out = CliRunner().invoke(main, ["--db", db, "stats", "--per", "month", "--format",
+                                    "table"])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    turns = want["firstResponse"]["turns"]
+    assert f"first response: median {round(want['firstResponse']['medianSeconds'])}s of " \
+        f"{turns:,} replies" in text
+    assert "messages per month (UTC)" in text
+    assert f"{want['conversations']['total']:,} conversations updated (all time)" in text
+    assert f"{want['messages']['total']:,} messages sent" in text
+    for s in want["conversations"]["bySurface"]:
+        assert f"{s['name']} ({s['type']}, {s['surfaceId']})" in text
+    surfaces = text.split("conversations by surface\n")[1].split("\n\n")[0]
+    assert "Support Email (email, surface_002)" in surfaces
+    # non-Latin names get an email of their own (user<n>@): there, names are shared
+    f = Filters(participant="user")
+    text = CliRunner().invoke(main, ["--db", db, "stats", "--participant", "user",
+                                     "--format", "table"]).output
+    busiest = text.split("busiest participants (messages)\n")[1].splitlines()
+    people = expected(db, filters=f)["busiestParticipants"]
+    names = [p["participantName"] for p in people]
+    assert len(busiest) == len(people)
+    shared = 0
+    for line, p in zip(busiest, people):
+        if names.count(p["participantName"]) > 1:
+            shared += 1
+            assert f"<{p['participantEmail']}>" in line, line
+        else:
+            assert p["participantName"] in line and "<" not in line, line
+    assert shared >= 2
+
+
+def test_every_json_number_is_in_the_csv(db):
+    """--format csv and --format json carry the same figures, through the real command."""
+    runner = CliRunner()
+    args = ["--db", db, "stats", "--status", "open", "--since", "2024-02-03T12:00",
+            "--per", "week"]
+    as_json = json.loads(runner.invoke(main, args + ["--format", "json"]).output)
+    assert as_json == expected(db, per="week", filters=Filters(
+        status=("open",), since="2024-02-03T12:00:00.000000Z"))
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(main, args + ["--format",
+                                                                       "csv"]).output)))
+    got = {(r["section"], r["key"]): r["value"] for r in rows}
+    c, m = as_json["conversations"], as_json["messages"]
+    want = {("conversations.total", ""): c["total"], ("messages.total", ""): m["total"],
+            ("messages.first", ""): m["first"], ("messages.last", ""): m["last"],
+            ("firstResponse.turns", ""): as_json["firstResponse"]["turns"],
+            ("firstResponse.medianSeconds", ""): as_json["firstResponse"]["medianSeconds"],
+            ("since", ""): as_json["since"], ("until", ""): ""}
+    want.update({("conversations.byStatus", i["status"]): i["count"] for i in c["byStatus"]})
+    want.update({("conversations.bySurface", i["surfaceId"]): i["count"]
+                 for i in c["bySurface"]})
+    want.update({("messages.byRole", i["role"]): i["count"] for i in m["byRole"]})
+    want.update({("messages.byDirection", i["direction"] or ""): i["count"]
+                 for i in m["byDirection"]})
+    want.update({("volume.week", b["start"]): b["messages"]
+                 for b in as_json["volume"]["buckets"]})
+    for p in as_json["busiestParticipants"]:
+        who = p["participantEmail"] or p["participantName"]
+        want[("busiestParticipants.messages", who)] = p["messages"]
+        want[("busiestParticipants.conversations", who)] = p["conversations"]
+    assert got == {k: str(v) for k, v in want.items()}
