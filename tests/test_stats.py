@@ -394,3 +394,35 @@ def test_every_json_number_is_in_the_csv(db):
         want[("busiestParticipants.messages", who)] = p["messages"]
         want[("busiestParticipants.conversations", who)] = p["conversations"]
     assert got == {k: str(v) for k, v in want.items()}
+
+
+def test_kept_stats_follow_syncs_deletions_and_purges(tmp_path):
+    """Through the real writers: a first sync (new conversations), new and changed messages,
+    a conversation deleted upstream, its purge, and a full sync that drops messages gone
+    upstream: after each, the kept stats equal a recount."""
+    from support import assert_stats_kept, settings_for
+
+    from syncer.purge import purge_deleted
+    from syncer.runner import run_sync
+    from syncer.simulator import Behaviour, SimulatorServer, generate
+    from syncer.store import Store
+    upstream = generate(seed=3, conversations=30)
+    ids = upstream.conversation_ids()
+    db = tmp_path / "m.db"
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = settings_for(server, db, max_delete="100%")
+        assert run_sync(settings).outcome == "ok"
+        assert_stats_kept(db)
+        for k, cid in enumerate(ids[:8]):
+            upstream.add_message(cid, f"more {k}", role="user" if k % 3 else "assistant")
+        upstream.delete_conversation(ids[9])
+        assert run_sync(settings, full=True).outcome == "ok"
+        assert_stats_kept(db)
+        store = Store.open(str(db))
+        try:
+            assert purge_deleted(store).conversations == 1
+        finally:
+            store.close()
+        assert_stats_kept(db)
+        assert run_sync(settings, full=True).outcome == "ok"
+        assert_stats_kept(db)
