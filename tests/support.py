@@ -225,6 +225,7 @@ def assert_stats_kept(db_path) -> None:
             if reply:
                 turns[m[0]] = round((datetime.fromisoformat(reply[2]) -
                                      datetime.fromisoformat(m[2])).total_seconds(), 3)
+    assert conn.execute("SELECT count(*) FROM _stats_deferred").fetchone() == (0,)
     assert dict(conn.execute("SELECT messageId, delay FROM _turns")) == turns
     daily = Counter((m[2] and m[2][:10], m[3], m[4]) for m in msgs)
     assert {(d, r, w): n for d, r, w, n in conn.execute(

@@ -426,3 +426,30 @@ def test_kept_stats_follow_syncs_deletions_and_purges(tmp_path):
         assert_stats_kept(db)
         assert run_sync(settings, full=True).outcome == "ok"
         assert_stats_kept(db)
+
+
+def test_a_new_conversation_refused_part_way_leaves_the_stats_as_they_were(tmp_path):
+    """The writer's fast path counts a new conversation's stats once, after its messages; a
+    message id already held sends the conversation down the ordinary path (the savepoint rolls
+    the first attempt back, deferral mark included), and the stats still equal a recount."""
+    from support import assert_stats_kept
+
+    from syncer.store import Fetched, Store
+    from syncer.transform import conversation_row, list_signature, message_row
+    upstream = __import__("syncer.simulator", fromlist=["generate"]).generate(
+        seed=4, conversations=3)
+    a, b = upstream.conversation_ids()[:2]
+    store = Store.open(str(tmp_path / "m.db"))
+
+    def fetched(cid, messages):
+        row = conversation_row(upstream.get(cid))
+        row["_list_sig"] = list_signature(row)
+        return Fetched(row, [message_row(m) for m in messages], complete=True,
+                       drop_others=False, new=True)
+    try:
+        store.save_conversation(fetched(a, upstream.messages_of(a)))
+        stolen = dict(upstream.messages_of(a)[0], conversationId=b)   # an id already held
+        assert store.save_conversation(fetched(b, [stolen, *upstream.messages_of(b)]))
+    finally:
+        store.close()
+    assert_stats_kept(tmp_path / "m.db")
