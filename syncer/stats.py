@@ -1,14 +1,18 @@
-"""`syncer stats`: counts and simple analytics over the mirror, read from what the triggers keep
-at write time rather than from every message. No click, no printing.
+"""`syncer stats`: counts and simple analytics over the mirror, read from what is kept at
+write time rather than from every message. No click, no printing.
 
-What is kept (migrations.V4, V7): `_daily`, messages per UTC day, role and direction;
-`_conv_days`, the same per conversation; `_turns`, each answered user turn with its delay.
+What is kept (migrations.V4, V7; by triggers, or counted once for a conversation new to the
+mirror): `_daily`, messages per UTC day, role and direction; `_conv_days`, the same per
+conversation; `_turns`, each answered user turn with its delay.
 
 How a figure is read depends on the filters:
 - No filter on the conversations (only deletion): `_daily`, less the rows in `_conv_days` of
   the conversations left out (the deleted and the forgotten, a small set).
 - A filter on the conversations (status, surface, participant, conversation): the ids it keeps
-  go once into a temporary table, and the figures sum those conversations' `_conv_days` rows.
+  go once into a temporary table (from a covering index), and the figures sum those
+  conversations' `_conv_days` rows; or, when it keeps more than half, `_daily` less the rows
+  of those it leaves out (every message belongs to a conversation row: the store writes the
+  conversation first and never deletes one).
 - A window that is not made of whole UTC days: whole days as above, and the messages of the
   part-days at its ends counted from the messages' covering index.
 - A short window (at most SCAN_UP_TO messages in it, by `_daily`) with a conversation filter:
