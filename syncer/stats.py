@@ -191,9 +191,11 @@ class _Scope:
         out = []
         for item in _ranked_counts(surfaces, "surfaceId"):
             row = self.conn.execute(
+                # newest first along the index that holds updatedAt, surfaceId and the purge
+                # mark: one row read, where sorting a surface's rows would read them all
                 "SELECT json_extract(surface, '$.name'), json_extract(surface, '$.type') "
-                "FROM conversations WHERE surfaceId IS ? AND _purged_at IS NULL "
-                "ORDER BY updatedAt DESC LIMIT 1",
+                "FROM conversations INDEXED BY idx_conversations_stats WHERE surfaceId IS ? "
+                "AND _purged_at IS NULL ORDER BY updatedAt DESC LIMIT 1",
                 (item["surfaceId"],)).fetchone() or (None, None)
             out.append({"surfaceId": item["surfaceId"], "name": row[0], "type": row[1],
                         "count": item["count"]})
