@@ -93,25 +93,38 @@ class _Scope:
         self.conn, self.f = conn, filters
         self.narrowed = replace(filters, role=(), since=None, until=None,
                                 include_deleted=False) != Filters()
+        self.short = bool(filters.since or filters.until) and self._messages_between(
+            filters.since, filters.until) <= SCAN_UP_TO
         if self.narrowed:
-            conn.execute("PRAGMA temp_store = MEMORY")   # a file would cost twice the time
-            conn.execute("CREATE TEMP TABLE IF NOT EXISTS stats_kept (id TEXT PRIMARY KEY, "
-                         "who TEXT, name TEXT, email TEXT, status TEXT, surfaceId TEXT, "
-                         "updatedAt TEXT) WITHOUT ROWID")
-            conn.execute("DELETE FROM temp.stats_kept")
-            where, args = replace(filters, participant=None).conversation_sql("c")
-            if filters.participant:
-                where.append(_participant_sql())
-                args += [filters.participant.casefold()] * 4
-            conn.execute(f"INSERT INTO temp.stats_kept SELECT c.id, {WHO}, c.participantName, "
-                         "c.participantEmail, c.status, c.surfaceId, c.updatedAt "
-                         f"FROM conversations c WHERE {_where(where)}", args)
+            self._keep()
             self.members = "IN (SELECT id FROM temp.stats_kept)"
         else:
             self.members = f"NOT IN (SELECT id FROM {_gone(filters)})"
-        self.short = bool(filters.since or filters.until) and self._messages_between(
-            filters.since, filters.until) <= SCAN_UP_TO
         self.whole, self.edges = self._split(self.narrowed and self.short)
+
+    def _keep(self) -> None:
+        """The conversations the filters keep, into temp.stats_kept. In a short window, only
+        those the window can count (a message in it, or updated in it) are looked at."""
+        f = self.f
+        self.conn.execute("PRAGMA temp_store = MEMORY")   # a file would cost twice the time
+        self.conn.execute("CREATE TEMP TABLE IF NOT EXISTS stats_kept (id TEXT PRIMARY KEY, "
+                          "who TEXT, name TEXT, email TEXT, status TEXT, surfaceId TEXT, "
+                          "updatedAt TEXT) WITHOUT ROWID")
+        self.conn.execute("DELETE FROM temp.stats_kept")
+        where, args = replace(f, participant=None).conversation_sql("c")
+        if f.participant:
+            where.append(_participant_sql())
+            args += [f.participant.casefold()] * 4
+        if self.short:
+            active, more = _time_sql([], [], "m.createdAt", f.since, f.until)
+            updated, most = _time_sql([], [], "u.updatedAt", f.since, f.until)
+            where.append("c.id IN (SELECT m.conversationId FROM messages m INDEXED BY "
+                         f"idx_messages_stats WHERE {_where(active)} UNION SELECT u.id FROM "
+                         f"conversations u WHERE {_where(updated)})")
+            args += more + most
+        self.conn.execute(f"INSERT INTO temp.stats_kept SELECT c.id, {WHO}, c.participantName, "
+                          "c.participantEmail, c.status, c.surfaceId, c.updatedAt "
+                          f"FROM conversations c WHERE {_where(where)}", args)
 
     # -- where the figures come from --------------------------------------------------------
     def _split(self, scan: bool) -> tuple[tuple[str | None, str | None] | None, list[tuple]]:
