@@ -186,7 +186,10 @@ class _Scope:
             source = "conversations c"
             where, args = self.f.conversation_sql("c")
         if self.f.role:
-            where.append(f"c.id IN (SELECT r.conversationId FROM _conv_days r "
+            # a short window updates few conversations: look each up; else one pass
+            where.append(f"EXISTS (SELECT 1 FROM _conv_days r WHERE r.conversationId = c.id "
+                         f"AND r.role IN ({_marks(self.f.role)}))" if self.short else
+                         f"c.id IN (SELECT r.conversationId FROM _conv_days r "
                          f"WHERE r.role IN ({_marks(self.f.role)}))")
             args += self.f.role
         where, args = _time_sql(where, args, "c.updatedAt", self.f.since, self.f.until)
