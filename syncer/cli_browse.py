@@ -14,6 +14,7 @@ import sys
 import click
 
 from . import config, known, query, render
+from . import stats as stats_module
 from .cli_context import App, Choice, command, pass_app
 from .errors import ConfigError
 from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
@@ -243,14 +244,16 @@ def conversations_command(app: App, sort, limit, offset, filters, fmt):
 
 @command()
 @click.option("--per", type=Choice(["auto", "day", "week", "month"]), default="auto",
-              show_default=True, help="Bucket size of the message volume.")
+              show_default=True,
+              help="Bucket of the message volume (auto: day up to 62 days, else week).")
 @filter_options
 @format_option(("table", "json", "csv"))
 @pass_app
 def stats(app: App, per, filters, fmt):
     """Counts by status, surface, role and direction; volume over time; median first-response
-    time; busiest participants. Messages are dated by createdAt, conversations by updatedAt.
-    --format csv gives the same numbers as section,key,value rows for scripts.
+    time; busiest participants. Messages are dated by createdAt, conversations by updatedAt,
+    days and weeks are UTC. --format json gives every figure, --format csv the same numbers as
+    section,key,value rows for scripts.
 
     \b
     Examples:
@@ -259,7 +262,7 @@ def stats(app: App, per, filters, fmt):
       syncer stats --per month --format csv
     """
     with _open(app, filters) as store:
-        result = query.stats(store, filters, per=per)
+        result = stats_module.stats(store, filters, per=per)
     fmt = _fmt(fmt, "json")
     if fmt == "json":
         render.dump_json(result, sys.stdout)
@@ -294,20 +297,58 @@ def stats_rows(s: dict) -> list[dict]:
 def _stats_text(s: dict) -> str:
     c, m, fr = s["conversations"], s["messages"], s["firstResponse"]
     median = "-" if fr["medianSeconds"] is None else _duration(fr["medianSeconds"])
-    parts = [f"{c['total']} conversations, {m['total']} messages "
-             f"({render.when(m['first'])} to {render.when(m['last'])})",
-             f"median first response: {median} over {fr['turns']} user turns"]
-    for title, items, key in (("conversations by status", c["byStatus"], "status"),
-                              ("conversations by surface", c["bySurface"], "surfaceId"),
-                              ("messages by role", m["byRole"], "role"),
-                              ("messages by direction", m["byDirection"], "direction")):
-        parts += ["", title, render.bar_chart([(i[key] or "(none)", i["count"]) for i in items])]
-    parts += ["", f"messages per {s['volume']['per']}",
-              render.bar_chart([(b["start"], b["messages"]) for b in s["volume"]["buckets"]]),
-              "", "busiest participants",
-              render.bar_chart([(p["participantName"] or p["participantEmail"], p["messages"])
-                                for p in s["busiestParticipants"]])]
+    window = (f" ({'from ' + render.when(s['since']) if s['since'] else ''}"
+              f"{' ' if s['since'] and s['until'] else ''}"
+              f"{'before ' + render.when(s['until']) if s['until'] else ''})"
+              if s["since"] or s["until"] else "")
+    per = s["volume"]["per"]
+    parts = [f"{_plural(c['total'], 'conversation')} updated{window or ' (all time)'}",
+             f"{_plural(m['total'], 'message')} sent, first {render.when(m['first'])}, "
+             f"last {render.when(m['last'])}",
+             f"first response: median {median} of {_plural(fr['turns'], 'reply', 'replies')} "
+             "(a user's message to the first answer after it)"]
+    surfaces = [(_surface_label(i), i["count"]) for i in c["bySurface"]]
+    for title, items in (
+            ("conversations by status", [(i["status"] or "(none)", i["count"])
+                                         for i in c["byStatus"]]),
+            ("conversations by surface", surfaces),
+            ("messages by role", [(i["role"] or "(none)", i["count"]) for i in m["byRole"]]),
+            ("messages by direction", [(i["direction"] or "(none)", i["count"])
+                                       for i in m["byDirection"]])):
+        parts += ["", title, render.bar_chart(items)]
+    parts += ["", f"messages per {per} (UTC{', weeks from Monday' if per == 'week' else ''})",
+              render.bar_chart([(b["start"] or "(no time)", b["messages"])
+                                for b in s["volume"]["buckets"]]),
+              "", "busiest participants (messages)",
+              render.bar_chart(_participant_labels(s["busiestParticipants"]))]
     return "\n".join(parts)
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
+def _surface_label(item: dict) -> str:
+    """'Support Email (email, surface_002)': a surface by name and type, and its id."""
+    inner = ", ".join(filter(None, (item["type"], item["surfaceId"])))
+    if item["name"]:
+        return f"{item['name']} ({inner})" if inner else item["name"]
+    return item["surfaceId"] or "(none)"
+
+
+def _participant_labels(people: list[dict]) -> list[tuple[str, int]]:
+    """Each participant by name; with the email too where two share a name (or no name)."""
+    names = [p["participantName"] for p in people]
+    out = []
+    for p, name in zip(people, names):
+        if name and names.count(name) == 1:
+            label = name
+        elif name:
+            label = f"{name} <{p['participantEmail']}>"
+        else:
+            label = p["participantEmail"]
+        out.append((label, p["messages"]))
+    return out
 
 
 def _duration(seconds: float) -> str:

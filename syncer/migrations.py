@@ -380,7 +380,105 @@ ON conversations WHEN OLD.participantName IS NOT NEW.participantName
 BEGIN {_participants_fts("OLD", delete=True)} {_participants_fts("NEW")} END;
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6]
+
+# Filtered stats (stats.py): messages per conversation, UTC day, role and direction, so that a
+# filter on the conversations (status, surface, participant) sums the rows of the conversations
+# it keeps instead of reading their messages. It replaces _conversation_counts (the sum of a
+# conversation's rows), so a message write still costs two upserts. A row whose count falls to
+# zero is removed, so a purge leaves nothing behind. idx_conversations_kept holds what stats
+# reads of a conversation, so the ids a filter keeps are found without reading the rows; the
+# delay index holds each turn's time, so a median over a long window walks it alone. Written
+# to apply on top of V5 or V6, in either order: it names nothing V6 adds, and every statement
+# can run on a database that has it already.
+def _conv_day(row: str, n: int) -> str:
+    return f"""
+  INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
+  VALUES ({row}.conversationId, json_array(substr({row}.createdAt, 1, 10), {row}.role,
+          {row}.direction), substr({row}.createdAt, 1, 10), {row}.role, {row}.direction, {n})
+  ON CONFLICT (conversationId, key) DO UPDATE SET n = n + ({n});"""
+
+
+def _day(row: str, n: int) -> str:
+    return f"""
+  INSERT INTO _daily (key, day, role, direction, n)
+  VALUES (json_array(substr({row}.createdAt, 1, 10), {row}.role, {row}.direction),
+          substr({row}.createdAt, 1, 10), {row}.role, {row}.direction, {n})
+  ON CONFLICT (key) DO UPDATE SET n = n + ({n});"""
+
+
+_GONE_ROW = """
+  DELETE FROM _conv_days WHERE conversationId = OLD.conversationId AND n = 0
+    AND key = json_array(substr(OLD.createdAt, 1, 10), OLD.role, OLD.direction);"""
+
+V7 = f"""
+CREATE TABLE IF NOT EXISTS _conv_days (
+    conversationId TEXT NOT NULL,
+    key TEXT NOT NULL,
+    day TEXT,
+    role TEXT,
+    direction TEXT,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (conversationId, key)
+) WITHOUT ROWID;
+DELETE FROM _conv_days;
+INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
+SELECT conversationId, json_array(substr(createdAt, 1, 10), role, direction),
+       substr(createdAt, 1, 10), role, direction, count(*) FROM messages GROUP BY 1, 3, 4, 5;
+DROP TRIGGER IF EXISTS messages_counts_insert;
+DROP TRIGGER IF EXISTS messages_counts_delete;
+DROP TRIGGER IF EXISTS messages_counts_update;
+DROP TABLE IF EXISTS _conversation_counts;
+CREATE INDEX IF NOT EXISTS idx_conversations_kept ON conversations (_purged_at, _deleted_at,
+    status, surfaceId, json_extract(surface, '$.type'), updatedAt, id, participantEmail,
+    participantName);
+DROP INDEX IF EXISTS idx_turns_delay;
+CREATE INDEX idx_turns_delay ON _turns (delay, conversationId, at);
+CREATE TABLE IF NOT EXISTS _stats_deferred (id INTEGER PRIMARY KEY CHECK (id = 1));
+CREATE TRIGGER messages_counts_insert AFTER INSERT ON messages
+WHEN NOT EXISTS (SELECT 1 FROM _stats_deferred)
+BEGIN {_day("NEW", 1)} {_conv_day("NEW", 1)} END;
+DROP TRIGGER IF EXISTS messages_turns_insert;
+CREATE TRIGGER messages_turns_insert AFTER INSERT ON messages
+WHEN NOT EXISTS (SELECT 1 FROM _stats_deferred)
+BEGIN {_turns_refresh("NEW.conversationId", "NEW.createdAt", "NEW.id")} END;
+CREATE TRIGGER messages_counts_delete AFTER DELETE ON messages
+BEGIN {_day("OLD", -1)} {_conv_day("OLD", -1)} {_GONE_ROW} END;
+CREATE TRIGGER messages_counts_update AFTER UPDATE OF conversationId, createdAt, role, direction
+ON messages WHEN OLD.conversationId IS NOT NEW.conversationId
+     OR OLD.createdAt IS NOT NEW.createdAt OR OLD.role IS NOT NEW.role
+     OR OLD.direction IS NOT NEW.direction
+BEGIN {_day("OLD", -1)} {_conv_day("OLD", -1)} {_GONE_ROW} {_day("NEW", 1)} {_conv_day("NEW", 1)}
+END;
+"""
+
+# The writer's fast path for a conversation new to the mirror (store._insert_new) marks
+# _stats_deferred, inserts the messages without the insert triggers, clears the mark and
+# counts the conversation's stats in a few statements, all in one savepoint: cheaper than a
+# trigger per message, and the same result (a conversation's stats are a function of its
+# messages). Any other write keeps the triggers.
+CONVERSATION_STATS = [
+    """UPDATE _daily SET n = _daily.n - k.n FROM (SELECT key, n FROM _conv_days
+       WHERE conversationId = :cid) AS k WHERE _daily.key = k.key""",
+    "DELETE FROM _conv_days WHERE conversationId = :cid",
+    "DELETE FROM _turns WHERE conversationId = :cid",
+    """INSERT INTO _conv_days (conversationId, key, day, role, direction, n)
+       SELECT conversationId, json_array(substr(createdAt, 1, 10), role, direction),
+              substr(createdAt, 1, 10), role, direction, count(*) FROM messages
+       WHERE conversationId = :cid GROUP BY 3, 4, 5""",
+    """INSERT INTO _daily (key, day, role, direction, n)
+       SELECT key, day, role, direction, n FROM _conv_days WHERE conversationId = :cid
+       ON CONFLICT (key) DO UPDATE SET n = _daily.n + excluded.n""",
+    """INSERT INTO _turns (messageId, conversationId, at, delay)
+       SELECT id, conversationId, at, round((julianday(reply) - julianday(at)) * 86400, 3)
+       FROM (SELECT id, conversationId, createdAt AS at, role, lag(role) OVER win AS prev,
+                    min(CASE WHEN role IS NOT 'user' THEN createdAt END) OVER (
+                        win ROWS BETWEEN 1 FOLLOWING AND UNBOUNDED FOLLOWING) AS reply
+             FROM messages WHERE conversationId = :cid
+             WINDOW win AS (PARTITION BY conversationId ORDER BY createdAt, id))
+       WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL""",
+]
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7]
 LATEST = len(MIGRATIONS)
 
 

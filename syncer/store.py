@@ -451,10 +451,14 @@ class Store:
                               "participantEmail) VALUES (?, ?, ?, ?)",
                               (rowid, *(row.get(c) for c in CONVERSATION_FTS)))
             marks = ",".join("?" * (len(MESSAGE_COLUMNS) + 1))
+            self.conn.execute("INSERT INTO _stats_deferred (id) VALUES (1)")
             self.conn.executemany(
                 f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}, _synced_at) "
                 f"VALUES ({marks})", [[m[c] for c in MESSAGE_COLUMNS] + [synced_at]
                                       for m in messages])
+            self.conn.execute("DELETE FROM _stats_deferred")
+            for sql in migrations.CONVERSATION_STATS:   # instead of a trigger per message
+                self.conn.execute(sql, {"cid": row["id"]})
             if messages:
                 self.conn.execute("INSERT INTO messages_fts (rowid, content) SELECT rowid, "
                                   "content FROM messages WHERE conversationId = ?", (row["id"],))

@@ -201,3 +201,36 @@ def wait_for(predicate, what: str, timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def assert_stats_kept(db_path) -> None:
+    """The stats kept at write time (_turns, _daily, _conv_days) equal a recount over the
+    mirror's messages, whatever wrote them (sync, purge, verify --fix)."""
+    from collections import Counter
+    from datetime import datetime
+    from itertools import groupby
+    conn = sqlite3.connect(db_path)
+    if not conn.execute("PRAGMA user_version").fetchone()[0]:
+        conn.close()
+        return       # killed before its schema was made: nothing kept, nothing to keep
+    msgs = conn.execute("SELECT id, conversationId, createdAt, role, direction FROM messages "
+                        "ORDER BY conversationId, createdAt, id").fetchall()
+    turns = {}
+    for _, group in groupby(msgs, key=lambda m: m[1]):
+        thread = list(group)
+        for k, m in enumerate(thread):
+            if m[3] != "user" or (k and thread[k - 1][3] == "user"):
+                continue
+            reply = next((r for r in thread[k + 1:] if r[3] != "user"), None)
+            if reply:
+                turns[m[0]] = round((datetime.fromisoformat(reply[2]) -
+                                     datetime.fromisoformat(m[2])).total_seconds(), 3)
+    assert conn.execute("SELECT count(*) FROM _stats_deferred").fetchone() == (0,)
+    assert dict(conn.execute("SELECT messageId, delay FROM _turns")) == turns
+    daily = Counter((m[2] and m[2][:10], m[3], m[4]) for m in msgs)
+    assert {(d, r, w): n for d, r, w, n in conn.execute(
+        "SELECT day, role, direction, n FROM _daily") if n} == daily
+    assert {row[:4]: row[4] for row in conn.execute(
+        "SELECT conversationId, day, role, direction, n FROM _conv_days")} == Counter(
+        (m[1], m[2] and m[2][:10], m[3], m[4]) for m in msgs)
+    conn.close()

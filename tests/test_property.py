@@ -18,7 +18,8 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from support import KEY, assert_as_of, assert_exact_except_gaps, settings_for
+from support import (KEY, assert_as_of, assert_exact_except_gaps, assert_stats_kept,
+                     settings_for)
 
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -172,6 +173,8 @@ def test_any_interleaving_converges(world, steps):
                 pending = touched - {None}
                 assert_as_of(db, at_start, pending=pending, in_scope=_in_scope(scope),
                              whole_walk=whole)
+            if op in ("sync", "killed") and db.exists():
+                assert_stats_kept(db)      # whatever was committed, and however it ended
         behaviour.fault_rate = 0
         behaviour.latency_ms = 0
         churn["n"] = 0

@@ -5,6 +5,7 @@ import json
 import sqlite3
 import statistics
 from collections import Counter
+from dataclasses import replace
 from datetime import date, datetime, timedelta
 
 import pytest
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 from support import build_mirror, read_store
 
 from syncer.cli import main
-from syncer.query import Filters, QueryError, stats
+from syncer.query import Filters, QueryError
+from syncer import stats as stats_module
+from syncer.stats import stats
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,14 @@ def counted(values, key):
                                                      key=lambda kv: (-kv[1], kv[0] or ""))]
 
 
+def surface_named(convs, surface_id):
+    """The name and type of a surface, as its latest conversation has them."""
+    latest = max((c for c in convs.values() if c["surfaceId"] == surface_id
+                  and not c["_purged_at"]), key=lambda c: c["updatedAt"])
+    surface = json.loads(latest["surface"] or "{}")
+    return {"name": surface.get("name"), "type": surface.get("type")}
+
+
 def instant(text):
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -44,16 +55,32 @@ def week(text):
     return (day - timedelta(days=day.weekday())).isoformat()
 
 
-def expected(db, since=None, until=None, per="week"):
+def passes(c, f: Filters) -> bool:
+    """Whether conversation row `c` passes the conversation filters of `f`, by the book."""
+    surface = json.loads(c["surface"] or "{}")
+    folded = [(v or "").casefold() for v in (c["participantName"], c["participantEmail"])]
+    return (not c["_purged_at"] and (f.include_deleted or not c["_deleted_at"])
+            and (not f.status or c["status"] in f.status)
+            and (not f.surface or c["surfaceId"] in f.surface or surface.get("type") in f.surface)
+            and (not f.participant or any(f.participant.casefold() in v for v in folded))
+            and (not f.conversation or c["id"] == f.conversation))
+
+
+def expected(db, since=None, until=None, per="week", filters=None):
+    f = filters or Filters(since=since, until=until)
+    since, until = f.since, f.until
     convs, msgs = load(db)
-    live = {i: c for i, c in convs.items() if not c["_deleted_at"]}
+    live = {i: c for i, c in convs.items() if passes(c, f)}
+    of_roles = [m for m in msgs if not f.role or m["role"] in f.role]
+    with_role = {m["conversationId"] for m in of_roles}
     cs = [c for c in live.values() if (not since or c["updatedAt"] >= since)
-          and (not until or c["updatedAt"] < until)]
-    ms = [m for m in msgs if m["conversationId"] in live and (not since or m["createdAt"] >= since)
-          and (not until or m["createdAt"] < until)]
-    # a turn dated in the window counts, answered within it or later
+          and (not until or c["updatedAt"] < until) and (not f.role or c["id"] in with_role)]
+    ms = [m for m in of_roles if m["conversationId"] in live
+          and (not since or m["createdAt"] >= since) and (not until or m["createdAt"] < until)]
+    # a turn dated in the window counts, answered within it or later; with roles, the turns of
+    # those roles' messages alone
     at = {m["id"]: m["createdAt"] for m in msgs}
-    delays = [d for i, d in turns_of(m for m in msgs if m["conversationId"] in live).items()
+    delays = [d for i, d in turns_of(m for m in of_roles if m["conversationId"] in live).items()
               if (not since or at[i] >= since) and (not until or at[i] < until)]
     people = Counter()
     threads = {}
@@ -72,14 +99,17 @@ def expected(db, since=None, until=None, per="week"):
         "since": since, "until": until,
         "conversations": {"total": len(cs), "byStatus": counted([c["status"] for c in cs],
                                                                  "status"),
-                          "bySurface": counted([c["surfaceId"] for c in cs], "surfaceId")},
-        "messages": {"total": len(ms), "first": min(m["createdAt"] for m in ms),
-                     "last": max(m["createdAt"] for m in ms),
+                          "bySurface": [dict(s, **surface_named(convs, s["surfaceId"]))
+                                        for s in counted([c["surfaceId"] for c in cs],
+                                                         "surfaceId")]},
+        "messages": {"total": len(ms), "first": min((m["createdAt"] for m in ms), default=None),
+                     "last": max((m["createdAt"] for m in ms), default=None),
                      "byRole": counted([m["role"] for m in ms], "role"),
                      "byDirection": counted([m["direction"] for m in ms], "direction")},
         "volume": {"per": per, "buckets": [{"start": k, "messages": n} for k, n in sorted(
             Counter(bucket(m["createdAt"]) for m in ms).items())]},
-        "firstResponse": {"turns": len(delays), "medianSeconds": statistics.median(delays)},
+        "firstResponse": {"turns": len(delays),
+                          "medianSeconds": statistics.median(delays) if delays else None},
         "busiestParticipants": [
             {"participantName": max((n for n, _ in names[w] if n), default=None),
              "participantEmail": max((e for _, e in names[w] if e), default=None),
@@ -107,6 +137,52 @@ def test_stats_in_a_window(db, since, until, per):
     assert got == expected(db, since, until, per)
 
 
+WINDOWS = [
+    (None, None),
+    ("2024-01-01T00:00:00.000000Z", None),                                # whole days
+    ("2024-02-03T12:00:00.000000Z", "2024-04-09T06:00:00.000000Z"),       # part-days at both ends
+    (None, "2024-03-15T08:30:00.000000Z"),
+    ("2024-04-02T10:00:00.000000Z", "2024-04-02T18:00:00.000000Z"),       # inside one day
+    ("2024-04-05T00:00:00.000000Z", "2024-04-05T00:00:00.000000Z"),       # empty
+]
+SHAPES = [
+    Filters(status=("open",)),
+    Filters(status=("closed", "archived")),
+    Filters(surface=("surface_002",)),
+    Filters(surface=("email", "surface_001")),                            # a type and an id
+    Filters(participant="jane"),
+    Filters(participant="EXAMPLE.COM"),
+    Filters(participant="zoë"),
+    Filters(role=("user",)),                                              # recounted turns
+    Filters(role=("assistant",)),
+    Filters(role=("user", "assistant")),
+    Filters(status=("open",), role=("assistant",), surface=("sms", "webchat")),
+    Filters(include_deleted=True),
+    Filters(include_deleted=True, status=("open",)),
+    Filters(participant="no such person"),
+]
+
+
+@pytest.mark.parametrize("scan_up_to", [0, 10**9], ids=["kept-counts", "message-scan"])
+@pytest.mark.parametrize("shape", SHAPES, ids=repr)
+def test_every_filter_shape_equals_a_recount(db, monkeypatch, shape, scan_up_to):
+    """Each filter, over whole and part-day windows, read from the kept counts or from the
+    messages (SCAN_UP_TO decides), gives the figures of a recount from the raw rows."""
+    monkeypatch.setattr(stats_module, "SCAN_UP_TO", scan_up_to)
+    with _open(db) as store:
+        for since, until in WINDOWS:
+            f = replace(shape, since=since, until=until)
+            assert stats(store, f, per="day") == expected(db, per="day", filters=f), f
+
+
+def test_one_conversation(db):
+    convs, _ = load(db)
+    cid = sorted(convs)[3]
+    with _open(db) as store:
+        f = Filters(conversation=cid)
+        assert stats(store, f, per="month") == expected(db, per="month", filters=f)
+
+
 def test_auto_period_and_bad_period(db):
     with _open(db) as store:
         assert stats(store, Filters(since="2024-04-01T00:00:00.000000Z", until=
@@ -127,7 +203,7 @@ def test_cli_json_and_chart(db):
     assert json.loads(result.output) == expected(db, "2024-01-01T00:00:00.000000Z",
                                                  "2024-05-02T00:00:00.000000Z", "week")
     chart = runner.invoke(main, ["--db", db, "stats", "--format", "table"]).output
-    assert "conversations by status" in chart and "median first response" in chart
+    assert "conversations by status" in chart and "first response: median" in chart
     status_lines = chart.split("conversations by status\n")[1].split("\n\n")[0].splitlines()
     assert status_lines[0].rstrip().endswith("#" * 40)
 
@@ -169,8 +245,8 @@ def turns_of(msgs) -> dict[str, float]:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_turns_kept_at_write_time_equal_a_recount(seed):
-    """Whatever order messages are written, changed, moved and deleted in, the turns the
-    triggers keep (migrations.V4) are those of a recount over every message."""
+    """Whatever order messages are written, changed, moved and deleted in, the turns and
+    counts the triggers keep (migrations.V4, V7) are those of a recount over every message."""
     import random
 
     from syncer import migrations
@@ -209,8 +285,11 @@ def test_turns_kept_at_write_time_equal_a_recount(seed):
         daily = Counter((m["createdAt"][:10], m["role"], None) for m in held.values())
         assert {(d, r, w): n for d, r, w, n in conn.execute(
             "SELECT day, role, direction, n FROM _daily") if n} == daily, step
-        assert {c: n for c, n in conn.execute("SELECT * FROM _conversation_counts") if n} == \
-            Counter(m["conversationId"] for m in held.values()), step
+        # per conversation too, and a count that falls to nothing leaves no row
+        assert {(c, d, r, w): n for c, d, r, w, n in conn.execute(
+            "SELECT conversationId, day, role, direction, n FROM _conv_days")} == Counter(
+            (m["conversationId"], m["createdAt"][:10], m["role"], None)
+            for m in held.values()), step
 
 
 def test_counts_kept_at_write_time_equal_a_pass_over_the_messages(db):
@@ -224,3 +303,153 @@ def test_counts_kept_at_write_time_equal_a_pass_over_the_messages(db):
             assert {**kept, "since": None} == {**scanned, "since": None}
     convs, msgs = load(db)
     assert kept["messages"]["total"] == len(msgs)      # the deleted conversation's too
+
+
+@pytest.mark.parametrize("needle", ["ss", "STRASSE", "k", "é", "ǆ", "ΣΑΣ", "x"])
+def test_the_participant_test_folds_as_python_does(needle):
+    """stats folds printable ASCII in SQL and the rest in Python: the same as casefold."""
+    from syncer.query import prepare
+    from syncer.stats import _participant_sql
+    values = ["Straße", "STRASSE", "\u212a elvin", "ÉCOLE", "ǅemal", "ΌΣΑΣ", "tab\there", None,
+              "plain ascii", "Ada.Lovelace@Example.COM"]
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE conversations (participantName TEXT, participantEmail TEXT)")
+    conn.executemany("INSERT INTO conversations VALUES (?, ?)", [(v, None) for v in values] +
+                     [(None, v) for v in values])
+
+    class Held:
+        pass
+    store = Held()
+    store.conn = conn
+    prepare(store)
+    got = conn.execute(f"SELECT participantName, participantEmail FROM conversations c "
+                       f"WHERE {_participant_sql()}", [needle.casefold()] * 4).fetchall()
+    assert got == [(n, e) for n, e in conn.execute("SELECT * FROM conversations")
+                   if any(v and needle.casefold() in v.casefold() for v in (n, e))]
+
+
+def test_the_table_says_what_it_counts(db):
+    """Labels name the unit and the clock; surfaces by name and type; a participant whose
+    name another shares is told apart by email."""
+    want = expected(db, per="month")
+    out = CliRunner().invoke(main, ["--db", db, "stats", "--per", "month", "--format",
+                                    "table"])
+    assert out.exit_code == 0, out.output
+    text = out.output
+    turns = want["firstResponse"]["turns"]
+    assert f"first response: median {round(want['firstResponse']['medianSeconds'])}s of " \
+        f"{turns:,} replies" in text
+    assert "messages per month (UTC)" in text
+    assert f"{want['conversations']['total']:,} conversations updated (all time)" in text
+    assert f"{want['messages']['total']:,} messages sent" in text
+    for s in want["conversations"]["bySurface"]:
+        assert f"{s['name']} ({s['type']}, {s['surfaceId']})" in text
+    surfaces = text.split("conversations by surface\n")[1].split("\n\n")[0]
+    assert "Support Email (email, surface_002)" in surfaces
+    # non-Latin names get an email of their own (user<n>@): there, names are shared
+    f = Filters(participant="user")
+    text = CliRunner().invoke(main, ["--db", db, "stats", "--participant", "user",
+                                     "--format", "table"]).output
+    busiest = text.split("busiest participants (messages)\n")[1].splitlines()
+    people = expected(db, filters=f)["busiestParticipants"]
+    names = [p["participantName"] for p in people]
+    assert len(busiest) == len(people)
+    shared = 0
+    for line, p in zip(busiest, people):
+        if names.count(p["participantName"]) > 1:
+            shared += 1
+            assert f"<{p['participantEmail']}>" in line, line
+        else:
+            assert p["participantName"] in line and "<" not in line, line
+    assert shared >= 2
+
+
+def test_every_json_number_is_in_the_csv(db):
+    """--format csv and --format json carry the same figures, through the real command."""
+    runner = CliRunner()
+    args = ["--db", db, "stats", "--status", "open", "--since", "2024-02-03T12:00",
+            "--per", "week"]
+    as_json = json.loads(runner.invoke(main, args + ["--format", "json"]).output)
+    assert as_json == expected(db, per="week", filters=Filters(
+        status=("open",), since="2024-02-03T12:00:00.000000Z"))
+    rows = list(csv.DictReader(io.StringIO(runner.invoke(main, args + ["--format",
+                                                                       "csv"]).output)))
+    got = {(r["section"], r["key"]): r["value"] for r in rows}
+    c, m = as_json["conversations"], as_json["messages"]
+    want = {("conversations.total", ""): c["total"], ("messages.total", ""): m["total"],
+            ("messages.first", ""): m["first"], ("messages.last", ""): m["last"],
+            ("firstResponse.turns", ""): as_json["firstResponse"]["turns"],
+            ("firstResponse.medianSeconds", ""): as_json["firstResponse"]["medianSeconds"],
+            ("since", ""): as_json["since"], ("until", ""): ""}
+    want.update({("conversations.byStatus", i["status"]): i["count"] for i in c["byStatus"]})
+    want.update({("conversations.bySurface", i["surfaceId"]): i["count"]
+                 for i in c["bySurface"]})
+    want.update({("messages.byRole", i["role"]): i["count"] for i in m["byRole"]})
+    want.update({("messages.byDirection", i["direction"] or ""): i["count"]
+                 for i in m["byDirection"]})
+    want.update({("volume.week", b["start"]): b["messages"]
+                 for b in as_json["volume"]["buckets"]})
+    for p in as_json["busiestParticipants"]:
+        who = p["participantEmail"] or p["participantName"]
+        want[("busiestParticipants.messages", who)] = p["messages"]
+        want[("busiestParticipants.conversations", who)] = p["conversations"]
+    assert got == {k: str(v) for k, v in want.items()}
+
+
+def test_kept_stats_follow_syncs_deletions_and_purges(tmp_path):
+    """Through the real writers: a first sync (new conversations), new and changed messages,
+    a conversation deleted upstream, its purge, and a full sync that drops messages gone
+    upstream: after each, the kept stats equal a recount."""
+    from support import assert_stats_kept, settings_for
+
+    from syncer.purge import purge_deleted
+    from syncer.runner import run_sync
+    from syncer.simulator import Behaviour, SimulatorServer, generate
+    from syncer.store import Store
+    upstream = generate(seed=3, conversations=30)
+    ids = upstream.conversation_ids()
+    db = tmp_path / "m.db"
+    with SimulatorServer(upstream, Behaviour()) as server:
+        settings = settings_for(server, db, max_delete="100%")
+        assert run_sync(settings).outcome == "ok"
+        assert_stats_kept(db)
+        for k, cid in enumerate(ids[:8]):
+            upstream.add_message(cid, f"more {k}", role="user" if k % 3 else "assistant")
+        upstream.delete_conversation(ids[9])
+        assert run_sync(settings, full=True).outcome == "ok"
+        assert_stats_kept(db)
+        store = Store.open(str(db))
+        try:
+            assert purge_deleted(store).conversations == 1
+        finally:
+            store.close()
+        assert_stats_kept(db)
+        assert run_sync(settings, full=True).outcome == "ok"
+        assert_stats_kept(db)
+
+
+def test_a_new_conversation_refused_part_way_leaves_the_stats_as_they_were(tmp_path):
+    """The writer's fast path counts a new conversation's stats once, after its messages; a
+    message id already held sends the conversation down the ordinary path (the savepoint rolls
+    the first attempt back, deferral mark included), and the stats still equal a recount."""
+    from support import assert_stats_kept
+
+    from syncer.store import Fetched, Store
+    from syncer.transform import conversation_row, list_signature, message_row
+    upstream = __import__("syncer.simulator", fromlist=["generate"]).generate(
+        seed=4, conversations=3)
+    a, b = upstream.conversation_ids()[:2]
+    store = Store.open(str(tmp_path / "m.db"))
+
+    def fetched(cid, messages):
+        row = conversation_row(upstream.get(cid))
+        row["_list_sig"] = list_signature(row)
+        return Fetched(row, [message_row(m) for m in messages], complete=True,
+                       drop_others=False, new=True)
+    try:
+        store.save_conversation(fetched(a, upstream.messages_of(a)))
+        stolen = dict(upstream.messages_of(a)[0], conversationId=b)   # an id already held
+        assert store.save_conversation(fetched(b, [stolen, *upstream.messages_of(b)]))
+    finally:
+        store.close()
+    assert_stats_kept(tmp_path / "m.db")
