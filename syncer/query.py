@@ -1,4 +1,4 @@
-"""Read-only queries over the mirror: search, show and list (stats: stats.py). No click, no printing.
+"""Read-only queries: search, show and list (stats: stats.py). No click, no printing.
 
 Every function takes a `Store` opened with `Store.open_readonly` and returns plain dicts. SQL is
 built only from fixed identifiers and `?` parameters; user text reaches FTS5 only as quoted
