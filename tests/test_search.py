@@ -535,7 +535,7 @@ def test_v6_migrates_an_existing_mirror_and_its_triggers_keep_the_index(tmp_path
         DROP INDEX idx_conversations_unfolded; PRAGMA user_version = 5;""")
     conn.close()
     Store.open(db).close()
-    assert dict_rows(db, "PRAGMA user_version")[0]["user_version"] == migrations.LATEST == 6
+    assert dict_rows(db, "PRAGMA user_version")[0]["user_version"] == migrations.LATEST >= 6
     fts_intact(db)
     for needle in ("EXAMPLE", "jürgen", "strasse", "გიორგი", "al"):
         with read_store(db) as store:
