@@ -441,3 +441,31 @@ def test_the_migration_stamps_an_older_mirror(tmp_path):
     code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format", "jsonl",
                           "-o", str(feed))
     assert code == 0 and "3 messages changes (0 tombstones) after position 0" in err, err
+
+
+@pytest.mark.parametrize("fmt, extra", [("csv", ()), ("jsonl", ()),
+                                        ("parquet", ("--partition-by", "month"))])
+def test_helper_processes_write_the_same_feed(synced, tmp_path, monkeypatch, fmt, extra):
+    """Ranges of the change sequence shared with helper processes (forced by small ranges)
+    give the same files as one process, tombstones included."""
+    from syncer import export as exporting
+    db, _ = synced
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM messages WHERE rowid IN (3, 30, 31)")
+    conn.commit()
+    conn.close()
+
+    def files(consumer, workers):
+        monkeypatch.setattr(exporting, "WORKERS", workers)
+        feed = tmp_path / consumer
+        code, _, err = syncer(db, "export", "messages", "--changes", consumer, "--format", fmt,
+                              "-o", str(feed), *extra)
+        assert code == 0 and "(3 tombstones)" in err, err
+        return {str(p.relative_to(feed)).replace(consumer, ""): (
+            duckdb.sql(f"SELECT * FROM read_parquet('{p}')").fetchall() if fmt == "parquet"
+            else p.read_bytes()) for p in feed.rglob("part-*")}
+
+    alone = files("one", 0)
+    monkeypatch.setattr(exporting, "RANGE", 5)
+    monkeypatch.setattr(exporting, "PARALLEL_FROM", 2)
+    assert files("two", 2) == alone and len(alone) >= (2 if extra else 1)
