@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, block_sql, blocks, check_format,
                      columns, head, line_sql, memory_pool, parquet_schema, ranges)
-from .store import Store, now_utc
+from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,10 @@ def check_request(table: str, consumer: str, fmt: str, partition_by: str | None)
     check_format(fmt)
 
 
-def _position(conn: sqlite3.Connection, consumer: str, table: str) -> int:
+def _position(conn: sqlite3.Connection, consumer: str, table: str) -> int | None:
     row = conn.execute("SELECT position FROM _consumers WHERE name = ? AND tbl = ?",
                        (consumer, table)).fetchone()
-    return row[0] if row else 0
+    return row[0] if row else None
 
 
 def _lag(conn: sqlite3.Connection, table: str, position: int) -> int:
@@ -304,10 +304,12 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
     check_directory(output, want)
     conn = store.conn
     root = Path(output)
+    if _position(conn, consumer, table) is None:
+        _register(store.path, consumer, table)
     conn.execute("BEGIN")          # one snapshot for the head, the position and the rows
     try:
         top = head(conn)
-        recorded = _position(conn, consumer, table)
+        recorded = _position(conn, consumer, table) or 0
         if recorded > top and not reset:
             raise FeedError(
                 f"consumer {consumer!r} of {table} is at position {recorded}, ahead of "
@@ -350,15 +352,24 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
     return done
 
 
+def _register(path: str, consumer: str, table: str) -> None:
+    """A consumer exists from its first export, at position 0, before any file is written:
+    from then on the tombstones it has not received are kept for it (store.prune_tombstones),
+    even if that export is killed after a receiver loaded its files."""
+    def register(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO _consumers (name, tbl, position, exports, updated_at) "
+                     "VALUES (?, ?, 0, 0, ?) ON CONFLICT (name, tbl) DO NOTHING",
+                     (consumer, table, now_utc()))
+    _write(path, register)
+
+
 def _record(path: str, consumer: str, table: str, expected: int, position: int) -> None:
     """Move the position, only from where this export found it (two exports of one consumer
-    at once: the later one fails and delivers again next time)."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    at once: the later one fails and delivers again next time), and drop the tombstones every
+    consumer of the table has now received."""
+    def record(conn: sqlite3.Connection) -> None:
         have = _position(conn, consumer, table)
         if have != expected:
-            conn.execute("ROLLBACK")
             raise FeedError(f"consumer {consumer!r} of {table} moved to {have} during this "
                             "export (another export of it ran at once); its files are kept, "
                             "run the export again")
@@ -367,10 +378,23 @@ def _record(path: str, consumer: str, table: str, expected: int, position: int) 
             "VALUES (?, ?, ?, 1, ?) ON CONFLICT (name, tbl) DO UPDATE SET "
             "position = excluded.position, exports = exports + 1, "
             "updated_at = excluded.updated_at", (consumer, table, position, now_utc()))
+        dropped = prune_tombstones(conn)
+        log.info("dropped %d tombstones every consumer has received", dropped)
+    _write(path, record)
+
+
+def _write(path: str, change) -> None:
+    """`change(conn)` in one write transaction of its own; rolled back if it raises."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            change(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         conn.execute("COMMIT")
     except sqlite3.Error as e:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         raise Store.error_for(path, e) from None
     finally:
         conn.close()

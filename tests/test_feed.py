@@ -6,6 +6,7 @@ with new, changed and deleted messages, conversations deleted upstream, purges, 
 killed before they could record their position."""
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,8 +34,8 @@ def syncer(db, *args):
     return result.exit_code, result.stdout, result.stderr
 
 
-def export_changes(db, table, feed, *extra):
-    code, _, err = syncer(db, "export", table, "--changes", "wh", "--format", "parquet",
+def export_changes(db, table, feed, *extra, consumer="wh"):
+    code, _, err = syncer(db, "export", table, "--changes", consumer, "--format", "parquet",
                           "-o", str(feed), *extra)
     assert code == 0, err
     return err
@@ -183,11 +184,16 @@ def change_upstream(upstream, rng) -> str:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_warehouse_kept_from_the_feed_equals_the_mirror(tmp_path, seed):
+    """Two consumers of each table: `wh` after every sync (some of its exports killed), `late`
+    now and then, so tombstones are kept for it while `wh` has them and dropped once both
+    have (store.prune_tombstones, also at the end of every sync); `late` is reset half-way into
+    a new directory, its receiver starting from empty."""
     rng = random.Random(seed)
     db = tmp_path / "mirror.db"
     feeds = {t: tmp_path / f"feed-{t}" for t in TABLES}
+    late_feeds = {t: tmp_path / f"late-{t}" for t in TABLES}
     partition = {"conversations": (), "messages": ("--partition-by", "month")}
-    warehouse = Warehouse()
+    warehouse, late = Warehouse(), Warehouse()
     upstream = generate(seed=seed, conversations=30)
     with SimulatorServer(upstream, Behaviour()) as server:
         settings = settings_for(server, db)
@@ -212,11 +218,54 @@ def test_a_warehouse_kept_from_the_feed_equals_the_mirror(tmp_path, seed):
                 else:
                     export_changes(db, table, feeds[table], *partition[table])
                 warehouse.load(table, feeds[table])
+                if step == 7:       # start over: a new directory, a receiver from empty
+                    late_feeds[table] = tmp_path / f"late-{table}-reset"
+                    late.loaded[table] = set()
+                    late.db.execute(f"DROP TABLE IF EXISTS {table}")
+                    export_changes(db, table, late_feeds[table], "--reset", consumer="late")
+                elif rng.random() < 0.3:
+                    export_changes(db, table, late_feeds[table], consumer="late")
+                late.load(table, late_feeds[table])
         for table in TABLES:
             export_changes(db, table, feeds[table], *partition[table])
             warehouse.load(table, feeds[table])
             assert warehouse.rows(table) == mirror_rows(db, table)
-    assert _consumers(db) == [("wh", "conversations", 0), ("wh", "messages", 0)]
+            export_changes(db, table, late_feeds[table], consumer="late")
+            late.load(table, late_feeds[table])
+            assert late.rows(table) == mirror_rows(db, table)
+    assert _consumers(db) == [("late", "conversations", 0), ("late", "messages", 0),
+                              ("wh", "conversations", 0), ("wh", "messages", 0)]
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM _deleted_rows").fetchone()[0] == 0
+    conn.close()
+
+
+def test_tombstones_are_kept_until_every_consumer_has_them(synced, tmp_path):
+    db, _ = synced
+    export_changes(db, "messages", tmp_path / "a", consumer="a")
+    export_changes(db, "messages", tmp_path / "b", consumer="b")
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM messages WHERE rowid IN (1, 2)")
+    conn.commit()
+
+    def tombstones():
+        return conn.execute("SELECT count(*) FROM _deleted_rows").fetchone()[0]
+    assert tombstones() == 2
+    export_changes(db, "messages", tmp_path / "a", consumer="a")
+    assert tombstones() == 2                 # b has not received them
+    err = export_changes(db, "messages", tmp_path / "b", consumer="b")
+    assert "(2 tombstones)" in err and tombstones() == 0
+    conn.execute("DELETE FROM messages WHERE rowid = 3")
+    conn.execute("DELETE FROM _consumers")   # no consumer: the next sync's end drops them
+    conn.commit()
+    assert tombstones() == 1
+    store = Store.open(str(db))
+    try:
+        store.finish_run(store.start_run("incremental"), "ok")
+    finally:
+        store.close()
+    assert tombstones() == 0
+    conn.close()
 
 
 def _consumers(db):
@@ -388,7 +437,8 @@ def test_a_killed_export_delivers_again_and_leaves_no_stray_part(synced, tmp_pat
     db, _ = synced
     feed = tmp_path / "feed"
     assert kill_before_recording(db, "messages", feed) == -signal.SIGKILL
-    assert _position(db) is None and len(list(feed.glob("part-*"))) == 1
+    # registered by its first export (its tombstones are kept from then on), nothing received
+    assert _position(db) == 0 and len(list(feed.glob("part-*"))) == 1
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM messages WHERE rowid = 1")
     conn.commit()
@@ -455,13 +505,16 @@ def test_helper_processes_write_the_same_feed(synced, tmp_path, monkeypatch, fmt
     conn.commit()
     conn.close()
 
+    copy = tmp_path / "copy.db"     # the same mirror: the first export prunes its tombstones
+    shutil.copyfile(db, copy)
+
     def files(consumer, workers):
         monkeypatch.setattr(exporting, "WORKERS", workers)
         feed = tmp_path / consumer
-        code, _, err = syncer(db, "export", "messages", "--changes", consumer, "--format", fmt,
-                              "-o", str(feed), *extra)
+        code, _, err = syncer(db if consumer == "one" else copy, "export", "messages",
+                              "--changes", "wh", "--format", fmt, "-o", str(feed), *extra)
         assert code == 0 and "(3 tombstones)" in err, err
-        return {str(p.relative_to(feed)).replace(consumer, ""): (
+        return {str(p.relative_to(feed)): (
             duckdb.sql(f"SELECT * FROM read_parquet('{p}')").fetchall() if fmt == "parquet"
             else p.read_bytes()) for p in feed.rglob("part-*")}
 
