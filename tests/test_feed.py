@@ -382,10 +382,29 @@ def _position(db, table="messages"):
     return row and row[0]
 
 
+def cli(db, *args):
+    """The real command line: a `syncer` process."""
+    done = subprocess.run([sys.executable, "-m", "syncer", "--db", str(db), *args],
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def refused(db, args, message):
+    """One line naming the problem, no traceback, exit 2."""
+    code, out, err = cli(db, "export", *args)
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["bogus", "--changes", "wh"], "cannot export 'bogus'"),
     (["messages", "--changes", "w h!"], "bad consumer name"),
+    (["messages", "--changes", "../wh"], "bad consumer name"),
     (["messages", "--changes", "wh", "--partition-by", "month", "--format", "csv"],
+     "--partition-by needs --format parquet"),
+    (["messages", "--changes", "wh", "--partition-by", "month", "--format", "jsonl"],
+     "--partition-by needs --format parquet"),
+    (["messages", "--changes", "wh", "--partition-by", "month"],
      "--partition-by needs --format parquet"),
     (["messages", "--changes", "wh", "--status", "open"], "whole tables"),
     (["messages", "--changes", "wh", "-o", "-"], "directory"),
@@ -396,9 +415,8 @@ def test_bad_input_is_one_line_and_moves_nothing(synced, tmp_path, args, message
     before = _position(db)
     if "-o" not in args:
         args = args + ["-o", str(tmp_path / "feed")]
-    code, out, err = syncer(db, "export", *args)
-    assert (code, out) == (2, "") and len(err.splitlines()) == 1 and message in err, err
-    assert _position(db) == before
+    refused(db, args, message)
+    assert _position(db) == before and not (tmp_path / "feed").exists()
 
 
 def test_an_output_that_is_not_a_feed_directory_is_refused(synced, tmp_path):
@@ -411,10 +429,10 @@ def test_an_output_that_is_not_a_feed_directory_is_refused(synced, tmp_path):
     for path, message in [(tmp_path / "file.parquet", "is not a feed directory"),
                           (tmp_path / "full", "is not a feed directory"),
                           (other, "feed directory of another export")]:
-        code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format",
-                              "parquet", "-o", str(path))
-        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        refused(db, ["messages", "--changes", "wh", "--format", "parquet", "-o", str(path)],
+                message)
     assert (tmp_path / "file.parquet").read_bytes() == b"keep me"
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
     assert _position(db) is None
 
 
@@ -427,10 +445,11 @@ def test_a_consumer_ahead_of_the_mirror_is_refused(synced, tmp_path):
     conn.commit()
     conn.close()
     before = _position(db)
-    code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format", "parquet",
-                          "-o", str(tmp_path / "feed"))
-    assert code == 2 and "ahead of this mirror" in err and len(err.splitlines()) == 1
+    parts = sorted(p.name for p in (tmp_path / "feed").iterdir())
+    refused(db, ["messages", "--changes", "wh", "--format", "parquet", "-o",
+                 str(tmp_path / "feed")], "ahead of this mirror")
     assert _position(db) == before
+    assert sorted(p.name for p in (tmp_path / "feed").iterdir()) == parts
 
 
 def test_a_killed_export_delivers_again_and_leaves_no_stray_part(synced, tmp_path):
