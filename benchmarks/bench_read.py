@@ -253,7 +253,9 @@ def _run_child(argv: list[str]) -> tuple[float, str, int]:
 def _syncer_export(path: str, table: str, fmt: str, feed: bool,
                    out: Path) -> tuple[float, int, int]:
     """`syncer export` in a fresh process: the whole table, or a change feed from position 0
-    (every row; this records consumer `bench` in the mirror); returns (seconds, rows, peak RSS in MiB)."""
+    (every row; this records consumer `bench` in the mirror, so run it on a copy you may
+    write); returns (seconds, rows, peak RSS in MiB)."""
+    out.mkdir(exist_ok=True)
     extra = (["--changes", "bench", "--reset", "-o", str(out / "feed")] if feed
              else ["-o", str(out / f"out.{fmt}")])
     seconds, message, rss = _run_child([sys.executable, "-m", "syncer", "--db", path, "export",
@@ -328,9 +330,11 @@ def _duckdb_export(path: str, table: str, fmt: str, out: Path,
     return seconds, int(message.split()[0]), rss
 
 
-def measure_exports(path: str) -> list[str]:
+def measure_exports(path: str, runs: int) -> list[str]:
     """Every format of both tables, the whole table and the change feed from position 0, each
-    in a fresh process, beside DuckDB writing the same format from the same file."""
+    in a fresh process, beside DuckDB writing the same format from the same file; `runs`
+    rounds taken in turn (DuckDB, export, feed), so each side sees the same machine load;
+    median seconds, highest peak RSS."""
     extensions = duckdb_sqlite_extension()
     load = os.getloadavg()[0]
     lines = ["| export | rows | syncer s | syncer rows/s | syncer peak RSS MiB | DuckDB s | "
@@ -338,22 +342,33 @@ def measure_exports(path: str) -> list[str]:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for table in ("messages", "conversations"):
         for fmt in ("csv", "jsonl", "parquet"):
-            with tempfile.TemporaryDirectory() as tmp:
-                duck = extensions and _duckdb_export(path, table, fmt, Path(tmp), extensions)
-            for feed in (False, True):
+            took: dict[str, list] = {"duckdb": [], "export": [], "feed": []}
+            for _ in range(runs):
                 with tempfile.TemporaryDirectory() as tmp:
-                    seconds, rows, rss = _syncer_export(path, table, fmt, feed, Path(tmp))
-                label = f"{table} {fmt}" + (" --changes (from 0)" if feed else "")
-                if duck and not feed and duck[1] != rows:
+                    if extensions:
+                        took["duckdb"].append(_duckdb_export(path, table, fmt, Path(tmp),
+                                                             extensions))
+                    for kind in ("export", "feed"):
+                        took[kind].append(_syncer_export(path, table, fmt, kind == "feed",
+                                                         Path(tmp) / kind))
+            duck = took["duckdb"] and (statistics.median(t[0] for t in took["duckdb"]),
+                                       took["duckdb"][0][1],
+                                       max(t[2] for t in took["duckdb"]))
+            for kind in ("export", "feed"):
+                seconds = statistics.median(t[0] for t in took[kind])
+                rows, rss = took[kind][0][1], max(t[2] for t in took[kind])
+                label = f"{table} {fmt}" + (" --changes (from 0)" if kind == "feed" else "")
+                if duck and kind == "export" and duck[1] != rows:
                     raise SystemExit(f"{label}: DuckDB wrote {duck[1]:,} rows, syncer {rows:,}")
-                theirs = (f"{duck[0]:.1f} | {duck[1] / duck[0]:,.0f} | {duck[2]} | "
+                theirs = (f"{duck[0]:.2f} | {duck[1] / duck[0]:,.0f} | {duck[2]} | "
                           f"{seconds / duck[0]:.2f}" if duck else "- | - | - | -")
-                lines.append(f"| {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | "
+                lines.append(f"| {label} | {rows:,} | {seconds:.2f} | {rows / seconds:,.0f} | "
                              f"{rss} | {theirs} |")
     if not extensions:
         lines.append("\nDuckDB side skipped: `duckdb` 1.4 and `duckdb-ext-sqlite` are not "
                      "installed (pip install 'runtype-syncer[bench]').")
-    lines.append(f"\n(load average: {load:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    lines.append(f"\n(load average: {load:.2f} before, {os.getloadavg()[0]:.2f} after; "
+                 f"{runs} rounds, median seconds, highest peak RSS)")
     return lines
 
 
@@ -364,6 +379,8 @@ def main() -> None:
     parser.add_argument("--grow-from", metavar="DB",
                         help="Build --db as a copy of this mirror plus --messages more.")
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--export-runs", type=int, default=3,
+                        help="Rounds of the exports section (each: DuckDB, export, feed).")
     parser.add_argument("--sections", default="calls,stats,commands,relevance,exports",
                         help="Comma-separated: calls, stats, commands, relevance, exports.")
     args = parser.parse_args()
@@ -383,7 +400,7 @@ def main() -> None:
                 "stats": lambda: measure_stats(args.db),
                 "relevance": lambda: measure_relevance(args.db, 5),
                 "commands": lambda: measure_commands(args.db, args.runs),
-                "exports": lambda: measure_exports(args.db)}
+                "exports": lambda: measure_exports(args.db, args.export_runs)}
     for name in args.sections.split(","):
         print("\n".join(sections[name]()) + "\n")
     print(f"\n(peak RSS of this process: "

@@ -113,20 +113,25 @@ def csv_field(expr: str, name: str, kind: str) -> str:
             f"coalesce({expr}, ''))")
 
 
-def line_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "") -> str:
-    """SQL for one row of `cols` as a CSV or JSON line; `expr(name)` is each column's value.
-    Parquet rows are JSON too (JSON fields as text, for pyarrow to read as strings), with
-    `extra` key-value pairs for the writer's own use."""
+def select_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "") -> str:
+    """The select list of one row of `cols`, `expr(name)` being each column's value: the CSV
+    or JSON text of the row as `line`, or for Parquet the values themselves (`extra`, a value
+    after them for the writer's own use)."""
+    if fmt == "parquet":
+        return ", ".join([f"{expr(name)} AS {name}" for name, _ in cols] + [extra] * bool(extra))
     if fmt == "csv":
-        return " || ',' || ".join(csv_field(expr(name), name, kind) for name, kind in cols)
-    nested = fmt == "jsonl"
-    pairs = [f"'{name}', " + (f"json({expr(name)})" if nested and name in JSON_FIELDS
-                              else expr(name)) for name, _ in cols]
-    return "json_object(" + ", ".join(pairs + ([extra] if extra else [])) + ")"
+        return " || ',' || ".join(csv_field(expr(name), name, kind)
+                                  for name, kind in cols) + " AS line"
+    pairs = ", ".join(f"'{name}', " + (f"json({expr(name)})" if name in JSON_FIELDS
+                                       else expr(name)) for name, _ in cols)
+    return f"json_object({pairs}) AS line"
 
 
-def block_sql(rows_sql: str, fmt: str) -> str:
-    """The rows of `rows_sql` (a query of `line` in order) as one value: (rows, text)."""
+def range_sql(rows_sql: str, fmt: str) -> str:
+    """The query of one range: for text, the `line`s of `rows_sql` (in its order) as one value,
+    (rows, text); for Parquet, `rows_sql` itself."""
+    if fmt == "parquet":
+        return rows_sql
     end = "char(13) || char(10)" if fmt == "csv" else "char(10)"
     return (f"SELECT count(*), CAST(group_concat(line, {end}) || {end} AS BLOB) "
             f"FROM ({rows_sql})")
@@ -137,22 +142,22 @@ def _rows_sql(table: str, fmt: str, cols, filters: Filters) -> tuple[str, list, 
     whether to split the table into ranges: a whole table is read in rowid order, range by
     range; a filtered export is one range, for SQLite to use its indexes."""
     alias = "c" if table == "conversations" else "m"
-    line = line_sql(fmt, cols, lambda name: f"{alias}.{name}")
+    line = select_sql(fmt, cols, lambda name: f"{alias}.{name}")
     bounds = f"{alias}.rowid >= ? AND {alias}.rowid < ? ORDER BY {alias}.rowid"
     whole = filters == Filters()
     if table == "conversations":
         where, args = filters.conversation_time_sql()
-        return (f"SELECT {line} AS line FROM conversations c WHERE {_where(where)} "
+        return (f"SELECT {line} FROM conversations c WHERE {_where(where)} "
                 f"AND {bounds}"), args, whole
     if whole:
         # the few conversations deleted or purged (a partial index) rather than a join: one
         # probe of a small list per message instead of two B-tree lookups (a message's
         # conversation is always in the mirror: conversations are never deleted)
-        return (f"SELECT {line} AS line FROM messages m WHERE +m.conversationId NOT IN "
+        return (f"SELECT {line} FROM messages m WHERE +m.conversationId NOT IN "
                 "(SELECT id FROM conversations WHERE _purged_at IS NOT NULL OR _deleted_at "
                 f"IS NOT NULL) AND {bounds}"), [], True
     where, args = filters.message_sql()
-    return (f"SELECT {line} AS line FROM messages m JOIN conversations c "
+    return (f"SELECT {line} FROM messages m JOIN conversations c "
             f"ON c.id = m.conversationId WHERE {_where(where)} AND {bounds}"), args, False
 
 
@@ -171,9 +176,9 @@ def head(conn) -> int:
 def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pairs: int = 1,
            arrow: list | None = None) -> Iterator[tuple[int, bytes]]:
     """(rows, text) of `sql` for each span, in order; `sql` takes `args` then each span's
-    bounds `pairs` times. With `arrow` (the columns, see `arrow_table`), the text (JSON lines)
-    comes as an Arrow table, parsed where it was computed. The store's connection must be in
-    a read transaction (the snapshot the helpers must match)."""
+    bounds `pairs` times. With `arrow` (the columns, see `arrow_table`), `sql` gives rows, and
+    each range comes as an Arrow table built where it was read. The store's connection must be
+    in a read transaction (the snapshot the helpers must match)."""
     conn = store.conn
     count = min(WORKERS, len(spans) - 1) if len(spans) >= PARALLEL_FROM else 0
     helpers: list[subprocess.Popen | None] = []
@@ -192,13 +197,20 @@ def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pai
                 if block is None:         # it stopped: the rest of its spans are done here
                     helpers[slot - 1] = _stop(helpers[slot - 1])
             if block is None:
-                n, text = conn.execute(sql, [*args, *(lo, hi) * pairs]).fetchone()
-                block = (n, arrow_table(text or b"", arrow) if arrow and n else text or b"")
+                block = _compute(conn, sql, [*args, *(lo, hi) * pairs], arrow)
             yield block
     finally:
         for helper in helpers:
             if helper:
                 _stop(helper)
+
+
+def _compute(conn, sql: str, params: list, arrow: list | None) -> tuple[int, object]:
+    if arrow is None:
+        n, text = conn.execute(sql, params).fetchone()
+        return n, text or b""
+    rows = conn.execute(sql, params).fetchall()
+    return len(rows), arrow_table(rows, arrow) if rows else None
 
 
 def _start_helper(job: dict, spans: list[tuple[int, int]]) -> subprocess.Popen | None:
@@ -257,10 +269,9 @@ def _help() -> None:
     out.write(_FRAME.pack(0, head(conn)))
     out.flush()
     for lo, hi in job["spans"]:
-        n, text = conn.execute(job["sql"], [*job["args"], *(lo, hi) * job["pairs"]]).fetchone()
-        text = text or b""
-        if job["arrow"] and n:
-            text = _ipc(arrow_table(text, job["arrow"]))
+        n, data = _compute(conn, job["sql"], [*job["args"], *(lo, hi) * job["pairs"]],
+                           job["arrow"])
+        text = _ipc(data) if job["arrow"] and n else data or b""
         out.write(_FRAME.pack(n, len(text)))
         out.write(text)
         out.flush()
@@ -290,7 +301,7 @@ def export(store: Store, table: str, fmt: str, out: BinaryIO,
     try:
         low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
         spans = [] if low is None else ranges(low, high) if split else [(low, high + 1)]
-        with contextlib.closing(blocks(store, block_sql(sql, fmt), args, spans,
+        with contextlib.closing(blocks(store, range_sql(sql, fmt), args, spans,
                                        arrow=cols if fmt == "parquet" else None)) as parts:
             if fmt == "parquet":
                 return write_parquet(out, parquet_schema(cols), parts)
@@ -326,16 +337,22 @@ def memory_pool():
     return pa.system_memory_pool()
 
 
-def arrow_table(text: bytes, cols: list):
-    """An Arrow table of JSON lines built by `line_sql` for Parquet (C++ parsing, no Python
-    per row); `cols` as `columns` gives them, plus `_month` where partitioned (feed.py)."""
+def arrow_table(rows: list[tuple], cols: list):
+    """An Arrow table of rows whose first values are `cols` (as `columns` gives them, plus
+    `_month` where partitioned, feed.py): one pyarrow call per column, nothing per value in
+    Python; timestamps parsed by Arrow."""
     import pyarrow as pa
-    import pyarrow.json as pj
-    return pj.read_json(pa.BufferReader(text),
-                        read_options=pj.ReadOptions(block_size=len(text) + 1, use_threads=False),
-                        parse_options=pj.ParseOptions(explicit_schema=parquet_schema(cols),
-                                                      unexpected_field_behavior="error"),
-                        memory_pool=memory_pool())
+    schema = parquet_schema(cols)
+    pool = memory_pool()
+    arrays = []
+    for i, field in enumerate(schema):
+        values = [row[i] for row in rows]
+        if pa.types.is_timestamp(field.type):
+            arrays.append(pa.array(values, pa.string(), memory_pool=pool)
+                          .cast(field.type, memory_pool=pool))
+        else:
+            arrays.append(pa.array(values, field.type, memory_pool=pool))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def write_parquet(out: BinaryIO, schema, parts) -> int:

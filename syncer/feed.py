@@ -29,8 +29,8 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, block_sql, blocks, check_format,
-                     columns, head, line_sql, memory_pool, parquet_schema, ranges)
+from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
+                     head, memory_pool, parquet_schema, range_sql, ranges, select_sql)
 from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
                  partition_by: str | None) -> str:
     """(rows, text) of the live rows and tombstones of one `_seq` range (two pairs of `?`), in
     `_seq` order; ids are live or tombstoned, never both (migrations.V3), so each id appears
-    once. Partitioned Parquet lines carry their month as `_month`."""
+    once. Partitioned Parquet rows carry their month as `_month`."""
     own = {name for name, _ in columns_of_tombstone()}
 
     def live(name: str) -> str:
@@ -201,11 +201,11 @@ def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
         return f"d.{name}" if name in own else "NULL"
 
     def month(alias: str) -> str:
-        return f"'_month', substr({alias}.createdAt, 1, 7)" if partition_by else ""
-    return block_sql(
-        f"SELECT {line_sql(fmt, cols, live, month('t'))} AS line, t._seq AS s FROM {table} t "
+        return f"substr({alias}.createdAt, 1, 7) AS _month" if partition_by else ""
+    return range_sql(
+        f"SELECT {select_sql(fmt, cols, live, month('t'))}, t._seq AS s FROM {table} t "
         f"WHERE t._seq >= ? AND t._seq < ? UNION ALL "
-        f"SELECT {line_sql(fmt, cols, dead, month('d'))}, d._seq FROM _deleted_rows d "
+        f"SELECT {select_sql(fmt, cols, dead, month('d'))}, d._seq FROM _deleted_rows d "
         f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY s", fmt)
 
 
