@@ -11,14 +11,16 @@ rows are in storage (rowid) order.
   int64, JSON fields as JSON text strings, everything else as strings.
 
 Where the time goes, and why it is done this way: making a Python object of every value and
-formatting it in Python costs several times SQLite's own reading. So SQLite builds the text:
-each range of rows (by rowid, or by change sequence for the feed, see feed.py) is one query
-that returns the CSV or JSON lines of the range as one value; Parquet is parsed by pyarrow from
-JSON lines the same way. Python only moves those blocks, so memory stays flat whatever the size.
-A large export is shared with up to WORKERS helper processes (`python -c`, each with its own
-read-only connection), which read the same snapshot as the exporter (they check the change
-counter, which every write of either table moves; a helper that finds another snapshot is not
-used) and hand their ranges back in order over a pipe.
+formatting it in Python costs several times SQLite's own reading. So for CSV and JSON Lines,
+SQLite builds the text: each range of rows (by rowid, or by change sequence for the feed, see
+feed.py) is one query that returns the lines of the range as one value, and Python only moves
+those blocks. For Parquet, each range's rows become an Arrow table with one pyarrow call per
+column (cheaper than having SQLite write JSON for pyarrow to parse), written in row groups of
+ROW_GROUP rows. Memory stays flat whatever the size. A large export is shared with up to
+WORKERS helper processes (`python -c`, each with its own read-only connection), which read the
+same snapshot as the exporter (they check the change counter, which every write of either
+table moves; a helper that finds another snapshot is not used) and hand their ranges back in
+order over a pipe (Parquet ranges as Arrow IPC).
 """
 from __future__ import annotations
 
@@ -45,8 +47,8 @@ TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "_synced_at",
 RANGE = 5_000        # rowids (or change sequence numbers) per query
 ROW_GROUP = 25_000    # Parquet rows per row group: the writer holds one (peak RSS, BENCHMARKS.md)
 WORKERS = max(0, min(3, (os.cpu_count() or 1) - 1))   # helper processes besides this one
-PARALLEL_FROM = 4     # ranges: below this, helpers would cost more than they save
-_FRAME = struct.Struct("<qq")    # rows (or -1: not used) and bytes of one range
+PARALLEL_FROM = 20    # ranges: below this, starting helpers costs more than they save
+_FRAME = struct.Struct("<qq")    # rows and bytes of a range (first: 0 and the change counter)
 
 
 class ExportError(SyncerError):
