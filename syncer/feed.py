@@ -251,25 +251,27 @@ def _write_text(parts, root: Path, name: str, fmt: str, cols, files: list[_File]
 
 def _write_parquet(parts, root: Path, name: str, cols, partition_by: str | None,
                    files: list[_File]) -> int:
-    """One Parquet file, or one per month; at most about ROW_GROUP rows held at once, whatever
-    the number of months."""
+    """One Parquet file, or one per month. Rows are held until the months together hold
+    ROW_GROUP of them; then the month holding most is written as a row group (so memory stays
+    bounded whatever the number of months, and row groups stay as large as that allows)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     schema = parquet_schema(cols)
     writers: dict[str, pq.ParquetWriter] = {}
     pending: dict[str, list] = {}
-    rows = held = 0
+    rows = 0
 
-    def flush() -> None:
-        for key, tables in pending.items():
-            if key not in writers:
-                where = root / f"createdAt_month={key}" if partition_by else root
-                files.append(_File(where / name))
-                writers[key] = pq.ParquetWriter(files[-1].out, schema, compression="zstd",
-                                                memory_pool=memory_pool())
-            writers[key].write_table(pa.concat_tables(tables, memory_pool=memory_pool()))
-        pending.clear()
+    def held(key: str) -> int:
+        return sum(t.num_rows for t in pending[key])
+
+    def flush(key: str) -> None:
+        if key not in writers:
+            where = root / f"createdAt_month={key}" if partition_by else root
+            files.append(_File(where / name))
+            writers[key] = pq.ParquetWriter(files[-1].out, schema, compression="zstd",
+                                            memory_pool=memory_pool())
+        writers[key].write_table(pa.concat_tables(pending.pop(key), memory_pool=memory_pool()))
 
     try:
         for n, table in parts:
@@ -284,11 +286,10 @@ def _write_parquet(parts, root: Path, name: str, cols, partition_by: str | None,
             else:
                 pending.setdefault("", []).append(table)
             rows += n
-            held += n
-            if held >= ROW_GROUP:
-                flush()
-                held = 0
-        flush()
+            while sum(map(held, pending)) >= ROW_GROUP:
+                flush(max(pending, key=held))
+        for key in list(pending):
+            flush(key)
     finally:
         for writer in writers.values():
             writer.close()
