@@ -152,12 +152,15 @@ def _rows_sql(table: str, fmt: str, cols, filters: Filters) -> tuple[str, list, 
         return (f"SELECT {line} FROM conversations c WHERE {_where(where)} "
                 f"AND {bounds}"), args, whole
     if whole:
-        # the few conversations deleted or purged (a partial index) rather than a join: one
-        # probe of a small list per message instead of two B-tree lookups (a message's
-        # conversation is always in the mirror: conversations are never deleted)
+        # the few conversations deleted or purged rather than a join: one probe of a small
+        # list per message instead of two B-tree lookups (a message's conversation is always
+        # in the mirror: conversations are never deleted). The list is read for every range,
+        # so from the partial index that holds just them (left alone, SQLite scans a covering
+        # index of every conversation instead).
         return (f"SELECT {line} FROM messages m WHERE +m.conversationId NOT IN "
-                "(SELECT id FROM conversations WHERE _purged_at IS NOT NULL OR _deleted_at "
-                f"IS NOT NULL) AND {bounds}"), [], True
+                "(SELECT id FROM conversations INDEXED BY idx_conversations_gone "
+                f"WHERE _purged_at IS NOT NULL OR _deleted_at IS NOT NULL) AND {bounds}"), \
+            [], True
     where, args = filters.message_sql()
     return (f"SELECT {line} FROM messages m JOIN conversations c "
             f"ON c.id = m.conversationId WHERE {_where(where)} AND {bounds}"), args, False
