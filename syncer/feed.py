@@ -14,6 +14,12 @@ part of a feed directory in `_seq` order, upserting by id and deleting tombstone
 the table. Parts left by an export that did not record its position are removed by the next
 export of the same consumer, which delivers their changes again.
 
+A consumer exists from its first export (registered at position 0 before any file is
+written). A tombstone every consumer of its table has received is dropped
+(store.prune_tombstones, when a position moves and at the end of every sync; all of a table's
+when it has no consumer), so a consumer started over (`reset`) gets the whole table and only
+the tombstones still kept: its receiver starts from empty.
+
 Layout of a feed directory: `.syncer-feed` (JSON: table, consumer, format, partitioning) and
 `part-<position>.<ext>`, or with `partition_by="month"` (Parquet only) Hive-style
 `createdAt_month=YYYY-MM/part-<position>.parquet` (`__HIVE_DEFAULT_PARTITION__` for no date).
