@@ -97,24 +97,6 @@ def _timed(fn, runs: int, cpu: list | None = None) -> tuple[float, float]:
     return _percentiles(times)
 
 
-def _export_run(path: str, table: str, fmt: str, extra: list[str]) -> tuple[float, int, int]:
-    """Export in a fresh process; returns (seconds, rows, peak RSS in MiB)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"out.{fmt}"
-        started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "syncer", "--db", path, "export", table,
-                                 "--format", fmt, "-o", str(out), *extra],
-                                stderr=subprocess.PIPE, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - started
-        message = proc.stderr.read()
-        proc.stderr.close()
-        if status:
-            raise SystemExit(f"export failed: {message}")
-        rows = int(message.split()[0])
-    return seconds, rows, usage.ru_maxrss // 1024
-
-
 def _percentiles(times: list[float]) -> tuple[float, float]:
     times = sorted(times)
     return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
@@ -362,15 +344,138 @@ def measure_relevance(path: str, runs: int) -> list[str]:
     return lines
 
 
-def measure_exports(path: str) -> list[str]:
-    lines = ["| export | rows | seconds | rows/s | peak RSS MiB |",
-              "| --- | ---: | ---: | ---: | ---: |"]
-    for table, fmt, extra in [("messages", "csv", ["--since", "2024-05-01"]),
-                              ("messages", "csv", []), ("messages", "jsonl", []),
-                              ("messages", "parquet", []), ("conversations", "csv", [])]:
-        seconds, rows, rss = _export_run(path, table, fmt, extra)
-        label = f"{table} {fmt}" + (f" {' '.join(extra)}" if extra else "")
-        lines.append(f"| {label} | {rows:,} | {seconds:.1f} | {rows / seconds:,.0f} | {rss} |")
+def _run_child(argv: list[str]) -> tuple[float, str, int]:
+    """Run a fresh process; returns (wall seconds, its stderr, its peak RSS in MiB)."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - started
+    message = proc.stderr.read()
+    proc.stderr.close()
+    if status:
+        raise SystemExit(f"{' '.join(argv[:6])} ... failed: {message}")
+    return seconds, message, usage.ru_maxrss // 1024
+
+
+def _syncer_export(path: str, table: str, fmt: str, feed: bool,
+                   out: Path) -> tuple[float, int, int]:
+    """`syncer export` in a fresh process: the whole table, or a change feed from position 0
+    (every row; this records consumer `bench` in the mirror, so run it on a copy you may
+    write); returns (seconds, rows, peak RSS in MiB)."""
+    out.mkdir(exist_ok=True)
+    extra = (["--changes", "bench", "--reset", "-o", str(out / "feed")] if feed
+             else ["-o", str(out / f"out.{fmt}")])
+    seconds, message, rss = _run_child([sys.executable, "-m", "syncer", "--db", path, "export",
+                                        table, "--format", fmt, *extra])
+    return seconds, int(message.split()[0]), rss
+
+
+def duckdb_sqlite_extension() -> str | None:
+    """The directory holding DuckDB's sqlite extension from the `duckdb-ext-sqlite` package
+    (`pip install 'runtype-syncer[bench]'`), which DuckDB loads offline from there; None when
+    duckdb or the package is absent."""
+    import importlib.util
+    try:
+        if importlib.util.find_spec("duckdb") is None:
+            return None
+        spec = importlib.util.find_spec("duckdb_ext")
+    except ImportError:
+        return None
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        if list(Path(root, "extensions").rglob("sqlite_scanner.duckdb_extension")):
+            return str(Path(root, "extensions"))
+    return None
+
+
+_DUCKDB_EXPORT = """
+import sys, duckdb
+db, extensions, query, out, options = sys.argv[1:]
+con = duckdb.connect()
+con.execute("SET autoinstall_known_extensions = false")
+con.execute("SET extension_directory = ?", [extensions])
+con.execute("LOAD sqlite")
+con.execute(f"ATTACH '{db}' AS m (TYPE sqlite, READ_ONLY)")
+print(con.execute(f"COPY ({query}) TO '{out}' ({options})").fetchone()[0], file=sys.stderr)
+"""
+
+
+def _duckdb_query(path: str, table: str, fmt: str) -> str:
+    """What `syncer export` writes, as a DuckDB query of the SQLite file: the same columns, the
+    same deleted filter, Parquet's types (timestamps UTC, counts int64), JSON nested in JSONL."""
+    from syncer.export import JSON_FIELDS, TIMESTAMPS
+    from syncer.export import columns as export_columns
+    store = Store.open_readonly(path)
+    try:
+        cols = export_columns(store, table)
+    finally:
+        store.close()
+    a = "c" if table == "conversations" else "t"
+
+    def expr(name: str) -> str:
+        if fmt == "parquet" and name in TIMESTAMPS:
+            return f"CAST({a}.{name} AS TIMESTAMPTZ) AS {name}"
+        if fmt == "jsonl" and name in JSON_FIELDS:
+            return f"CAST({a}.{name} AS JSON) AS {name}"
+        return f"{a}.{name}"
+    select = ", ".join(expr(name) for name, _ in cols)
+    live = "c._deleted_at IS NULL AND c._purged_at IS NULL"
+    if table == "conversations":
+        return f"SELECT {select} FROM m.conversations c WHERE {live}"
+    return (f"SELECT {select} FROM m.messages t JOIN m.conversations c "
+            f"ON c.id = t.conversationId WHERE {live}")
+
+
+def _duckdb_export(path: str, table: str, fmt: str, out: Path,
+                   extensions: str) -> tuple[float, int, int]:
+    """DuckDB (a fresh process, its default threads) reading the SQLite file and writing the
+    same format; returns (seconds, rows, peak RSS in MiB)."""
+    options = {"csv": "FORMAT csv, HEADER", "jsonl": "FORMAT json",
+               "parquet": "FORMAT parquet, COMPRESSION zstd"}[fmt]
+    seconds, message, rss = _run_child([sys.executable, "-c", _DUCKDB_EXPORT, path, extensions,
+                                        _duckdb_query(path, table, fmt),
+                                        str(out / f"duck.{fmt}"), options])
+    return seconds, int(message.split()[0]), rss
+
+
+def measure_exports(path: str, runs: int) -> list[str]:
+    """Every format of both tables, the whole table and the change feed from position 0, each
+    in a fresh process, beside DuckDB writing the same format from the same file; `runs`
+    rounds taken in turn (DuckDB, export, feed), so each side sees the same machine load;
+    median seconds, highest peak RSS."""
+    extensions = duckdb_sqlite_extension()
+    load = os.getloadavg()[0]
+    lines = ["| export | rows | syncer s | syncer rows/s | syncer peak RSS MiB | DuckDB s | "
+             "DuckDB rows/s | DuckDB peak RSS MiB | syncer / DuckDB time |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for table in ("messages", "conversations"):
+        for fmt in ("csv", "jsonl", "parquet"):
+            took: dict[str, list] = {"duckdb": [], "export": [], "feed": []}
+            for _ in range(runs):
+                with tempfile.TemporaryDirectory() as tmp:
+                    if extensions:
+                        took["duckdb"].append(_duckdb_export(path, table, fmt, Path(tmp),
+                                                             extensions))
+                    for kind in ("export", "feed"):
+                        took[kind].append(_syncer_export(path, table, fmt, kind == "feed",
+                                                         Path(tmp) / kind))
+            duck = took["duckdb"] and (statistics.median(t[0] for t in took["duckdb"]),
+                                       took["duckdb"][0][1],
+                                       max(t[2] for t in took["duckdb"]))
+            for kind in ("export", "feed"):
+                seconds = statistics.median(t[0] for t in took[kind])
+                rows, rss = took[kind][0][1], max(t[2] for t in took[kind])
+                label = f"{table} {fmt}" + (" --changes (from 0)" if kind == "feed" else "")
+                if duck and kind == "export" and duck[1] != rows:
+                    raise SystemExit(f"{label}: DuckDB wrote {duck[1]:,} rows, syncer {rows:,}")
+                theirs = (f"{duck[0]:.2f} | {duck[1] / duck[0]:,.0f} | {duck[2]} | "
+                          f"{seconds / duck[0]:.2f}" if duck else "- | - | - | -")
+                lines.append(f"| {label} | {rows:,} | {seconds:.2f} | {rows / seconds:,.0f} | "
+                             f"{rss} | {theirs} |")
+    if not extensions:
+        lines.append("\nDuckDB side skipped: `duckdb` 1.4 and `duckdb-ext-sqlite` are not "
+                     "installed (pip install 'runtype-syncer[bench]').")
+    lines.append(f"\n(load average: {load:.2f} before, {os.getloadavg()[0]:.2f} after; "
+                 f"{runs} rounds, median seconds, highest peak RSS)")
     return lines
 
 
@@ -382,6 +487,8 @@ def main() -> None:
                         help="Build --db as a copy of this mirror plus --messages more.")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--only", help="Time only the search shapes whose name holds this.")
+    parser.add_argument("--export-runs", type=int, default=3,
+                        help="Rounds of the exports section (each: DuckDB, export, feed).")
     parser.add_argument("--sections", default="calls,stats,commands,relevance,exports",
                         help="Comma-separated: calls, stats, commands, relevance, exports.")
     args = parser.parse_args()
@@ -401,7 +508,7 @@ def main() -> None:
                 "stats": lambda: measure_stats(args.db, min(args.runs, 20)),
                 "relevance": lambda: measure_relevance(args.db, 5),
                 "commands": lambda: measure_commands(args.db, args.runs),
-                "exports": lambda: measure_exports(args.db)}
+                "exports": lambda: measure_exports(args.db, args.export_runs)}
     for name in args.sections.split(","):
         print("\n".join(sections[name]()) + "\n")
     print(f"\n(peak RSS of this process: "

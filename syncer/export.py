@@ -1,20 +1,34 @@
 """Streaming exports of the mirror's tables to CSV, JSON Lines or Parquet. No click.
 
-Rows leave SQLite in batches and are written as they come, so memory stays flat whatever the
-size. Columns are the table's own (see migrations.py) less `_raw` and `_list_sig`, in table
-order; rows are in storage (rowid) order.
+Columns are the table's own (see migrations.py) less `_raw` and `_list_sig`, in table order;
+rows are in storage (rowid) order.
 
-- CSV: a header line; NULL is an empty field; JSON fields as JSON text.
+- CSV: a header line; NULL is an empty field; JSON fields as JSON text; fields quoted as
+  Python's csv module does (only those holding a comma, a double quote or a line break), lines
+  ended by CRLF.
 - JSONL: one object per line, built by SQLite's json_object(); JSON fields as nested objects.
 - Parquet (needs the `parquet` extra, pyarrow): timestamps as timestamp[us, UTC], counts as
   int64, JSON fields as JSON text strings, everything else as strings.
+
+Where the time goes, and why it is done this way: making a Python object of every value and
+formatting it in Python costs several times SQLite's own reading. So for CSV and JSON Lines,
+SQLite builds the text: each range of rows (by rowid, or by change sequence for the feed, see
+feed.py) is one query that returns the lines of the range as one value, and Python only moves
+those blocks. For Parquet, each range's rows become an Arrow table with one pyarrow call per
+column (cheaper than having SQLite write JSON for pyarrow to parse), written in row groups of
+ROW_GROUP rows. Memory stays flat whatever the size. A large export is shared with up to
+WORKERS helper processes (`python -c`, each with its own read-only connection), which read the
+same snapshot as the exporter (they check the change counter, which every write of either
+table moves; a helper that finds another snapshot is not used) and hand their ranges back in
+order over a pipe (Parquet ranges as Arrow IPC).
 """
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
+import json
 import os
+import struct
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,8 +44,11 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "jsonl", "parquet")
 TABLES = ("conversations", "messages")
 TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"})
-_BATCH = 5_000
-_ROW_GROUP = 100_000
+RANGE = 5_000        # rowids (or change sequence numbers) per query
+ROW_GROUP = 25_000    # Parquet rows per row group: the writer holds one (peak RSS, BENCHMARKS.md)
+WORKERS = max(0, min(3, (os.cpu_count() or 1) - 1))   # helper processes besides this one
+PARALLEL_FROM = 20    # ranges: below this, starting helpers costs more than they save
+_FRAME = struct.Struct("<qq")    # rows and bytes of a range (first: 0 and the change counter)
 
 
 class ExportError(SyncerError):
@@ -75,16 +92,6 @@ def columns(store: Store, table: str) -> list[tuple[str, str]]:
         f"PRAGMA table_info({table})") if name not in HIDDEN and name != "_seq"]
 
 
-def _select(store: Store, table: str, filters: Filters, exprs: list[str]) -> tuple[str, list]:
-    if table == "conversations":
-        where, args = filters.conversation_time_sql()
-        return (f"SELECT {', '.join(exprs)} FROM conversations c WHERE {_where(where)} "
-                "ORDER BY c.rowid"), args
-    where, args = filters.message_sql()
-    return (f"SELECT {', '.join(exprs)} FROM messages m JOIN conversations c "
-            f"ON c.id = m.conversationId WHERE {_where(where)} ORDER BY m.rowid"), args
-
-
 def check_format(fmt: str) -> None:
     """Fail early (before any file is opened) on an unknown format or a missing extra."""
     if fmt not in FORMATS:
@@ -97,51 +104,226 @@ def check_format(fmt: str) -> None:
                               "pip install 'runtype-syncer[parquet]'") from None
 
 
+# -- one row as text, built by SQLite ----------------------------------------------------------
+def csv_field(expr: str, name: str, kind: str) -> str:
+    """SQL for one CSV field as Python's csv module writes it (QUOTE_MINIMAL). Counts and
+    timestamps (normalised by transform.py) never hold a comma, quote or line break."""
+    if kind == "INTEGER" or name in TIMESTAMPS:
+        return f"coalesce({expr}, '')"
+    return (f"iif(instr({expr}, ',') OR instr({expr}, '\"') OR instr({expr}, char(10)) "
+            f"OR instr({expr}, char(13)), '\"' || replace({expr}, '\"', '\"\"') || '\"', "
+            f"coalesce({expr}, ''))")
+
+
+def select_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "") -> str:
+    """The select list of one row of `cols`, `expr(name)` being each column's value: the CSV
+    or JSON text of the row as `line`, or for Parquet the values themselves (`extra`, a value
+    after them for the writer's own use)."""
+    if fmt == "parquet":
+        return ", ".join([f"{expr(name)} AS {name}" for name, _ in cols] + [extra] * bool(extra))
+    if fmt == "csv":
+        return " || ',' || ".join(csv_field(expr(name), name, kind)
+                                  for name, kind in cols) + " AS line"
+    pairs = ", ".join(f"'{name}', " + (f"json({expr(name)})" if name in JSON_FIELDS
+                                       else expr(name)) for name, _ in cols)
+    return f"json_object({pairs}) AS line"
+
+
+def range_sql(rows_sql: str, fmt: str) -> str:
+    """The query of one range: for text, the `line`s of `rows_sql` (in its order) as one value,
+    (rows, text); for Parquet, `rows_sql` itself."""
+    if fmt == "parquet":
+        return rows_sql
+    end = "char(13) || char(10)" if fmt == "csv" else "char(10)"
+    return (f"SELECT count(*), CAST(group_concat(line, {end}) || {end} AS BLOB) "
+            f"FROM ({rows_sql})")
+
+
+def _rows_sql(table: str, fmt: str, cols, filters: Filters) -> tuple[str, list, bool]:
+    """Query of the lines of one rowid range (the last two `?`) of a whole-table export, and
+    whether to split the table into ranges: a whole table is read in rowid order, range by
+    range; a filtered export is one range, for SQLite to use its indexes."""
+    alias = "c" if table == "conversations" else "m"
+    line = select_sql(fmt, cols, lambda name: f"{alias}.{name}")
+    bounds = f"{alias}.rowid >= ? AND {alias}.rowid < ? ORDER BY {alias}.rowid"
+    whole = filters == Filters()
+    if table == "conversations":
+        where, args = filters.conversation_time_sql()
+        return (f"SELECT {line} FROM conversations c WHERE {_where(where)} "
+                f"AND {bounds}"), args, whole
+    if whole:
+        # the few conversations deleted or purged rather than a join: one probe of a small
+        # list per message instead of two B-tree lookups (a message's conversation is always
+        # in the mirror: conversations are never deleted). The list is read for every range,
+        # so from the partial index that holds just them (left alone, SQLite scans a covering
+        # index of every conversation instead).
+        return (f"SELECT {line} FROM messages m WHERE +m.conversationId NOT IN "
+                "(SELECT id FROM conversations INDEXED BY idx_conversations_gone "
+                f"WHERE _purged_at IS NOT NULL OR _deleted_at IS NOT NULL) AND {bounds}"), \
+            [], True
+    where, args = filters.message_sql()
+    return (f"SELECT {line} FROM messages m JOIN conversations c "
+            f"ON c.id = m.conversationId WHERE {_where(where)} AND {bounds}"), args, False
+
+
+def ranges(low: int, high: int) -> list[tuple[int, int]]:
+    """[low, high] in RANGE-wide half-open ranges."""
+    return [(lo, min(lo + RANGE, high + 1)) for lo in range(low, high + 1, RANGE)]
+
+
+def head(conn) -> int:
+    """The change counter: every write of a conversation or message moves it (migrations.V3),
+    so two snapshots with the same value hold the same rows of both tables."""
+    return conn.execute("SELECT value FROM _seq_counter WHERE id = 1").fetchone()[0]
+
+
+# -- ranges computed here and by helper processes ----------------------------------------------
+def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pairs: int = 1,
+           arrow: list | None = None) -> Iterator[tuple[int, bytes]]:
+    """(rows, text) of `sql` for each span, in order; `sql` takes `args` then each span's
+    bounds `pairs` times. With `arrow` (the columns, see `arrow_table`), `sql` gives rows, and
+    each range comes as an Arrow table built where it was read. The store's connection must be
+    in a read transaction (the snapshot the helpers must match)."""
+    conn = store.conn
+    count = min(WORKERS, len(spans) - 1) if len(spans) >= PARALLEL_FROM else 0
+    helpers: list[subprocess.Popen | None] = []
+    try:
+        job = {"path": store.path, "sql": sql, "args": args, "pairs": pairs, "arrow": arrow}
+        helpers = [_start_helper(job, spans[k + 1::count + 1]) for k in range(count)]
+        expected = head(conn) if helpers else None
+        for k, helper in enumerate(helpers):
+            if helper and _read_head(helper) != expected:    # another snapshot: not used
+                helpers[k] = _stop(helper)
+        for i, (lo, hi) in enumerate(spans):
+            slot = i % (count + 1)
+            block = None
+            if slot and helpers[slot - 1]:
+                block = _read_block(helpers[slot - 1], arrow)
+                if block is None:         # it stopped: the rest of its spans are done here
+                    helpers[slot - 1] = _stop(helpers[slot - 1])
+            if block is None:
+                block = _compute(conn, sql, [*args, *(lo, hi) * pairs], arrow)
+            yield block
+    finally:
+        for helper in helpers:
+            if helper:
+                _stop(helper)
+
+
+def _compute(conn, sql: str, params: list, arrow: list | None) -> tuple[int, object]:
+    if arrow is None:
+        n, text = conn.execute(sql, params).fetchone()
+        return n, text or b""
+    rows = conn.execute(sql, params).fetchall()
+    return len(rows), arrow_table(rows, arrow) if rows else None
+
+
+def _start_helper(job: dict, spans: list[tuple[int, int]]) -> subprocess.Popen | None:
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "from syncer.export import _help; _help()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+    try:
+        with proc.stdin:
+            proc.stdin.write(json.dumps({**job, "spans": spans}).encode())
+    except OSError:
+        return _stop(proc)
+    return proc
+
+
+def _read_exactly(proc: subprocess.Popen, size: int) -> bytes | None:
+    data = proc.stdout.read(size)
+    return data if len(data) == size else None
+
+
+def _read_head(proc: subprocess.Popen) -> int | None:
+    frame = _read_exactly(proc, _FRAME.size)
+    return _FRAME.unpack(frame)[1] if frame else None
+
+
+def _read_block(proc: subprocess.Popen, arrow: list | None) -> tuple[int, object] | None:
+    frame = _read_exactly(proc, _FRAME.size)
+    if frame is None:
+        return None
+    rows, size = _FRAME.unpack(frame)
+    data = _read_exactly(proc, size)
+    if data is None or not (arrow and rows):
+        return None if data is None else (rows, data)
+    import pyarrow as pa
+    return rows, pa.ipc.open_stream(data).read_all()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(OSError):
+        proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+
+def _help() -> None:
+    """A helper process: the job on stdin; on stdout its snapshot's change counter, then each
+    span's (rows, text) in order. Ends at the first problem (the exporter does the rest)."""
+    from .store import Store
+    job = json.loads(sys.stdin.buffer.read())
+    out = sys.stdout.buffer
+    store = Store.open_readonly(job["path"])
+    conn = prepare(store)
+    conn.execute("BEGIN")
+    out.write(_FRAME.pack(0, head(conn)))
+    out.flush()
+    for lo, hi in job["spans"]:
+        n, data = _compute(conn, job["sql"], [*job["args"], *(lo, hi) * job["pairs"]],
+                           job["arrow"])
+        text = _ipc(data) if job["arrow"] and n else data or b""
+        out.write(_FRAME.pack(n, len(text)))
+        out.write(text)
+        out.flush()
+
+
+def _ipc(table) -> bytes:
+    import pyarrow as pa
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+# -- whole tables ------------------------------------------------------------------------------
 def export(store: Store, table: str, fmt: str, out: BinaryIO,
            filters: Filters = Filters()) -> int:
     """Write the rows of `table` passing `filters` to `out`; returns the number of rows."""
     if table not in TABLES:
         raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
     check_format(fmt)
-    writer = {"csv": _csv, "jsonl": _jsonl, "parquet": _parquet}[fmt]
-    prepare(store)
-    return writer(store, table, columns(store, table), out, filters)
+    conn = prepare(store)
+    cols = columns(store, table)
+    sql, args, split = _rows_sql(table, fmt, cols, filters)
+    opened = not conn.in_transaction
+    if opened:
+        conn.execute("BEGIN")    # one snapshot for every range
+    try:
+        low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
+        spans = [] if low is None else ranges(low, high) if split else [(low, high + 1)]
+        with contextlib.closing(blocks(store, range_sql(sql, fmt), args, spans,
+                                       arrow=cols if fmt == "parquet" else None)) as parts:
+            if fmt == "parquet":
+                return write_parquet(out, parquet_schema(cols), parts)
+            if fmt == "csv":
+                out.write((",".join(name for name, _ in cols) + "\r\n").encode())
+            return write_text(out, parts)
+    finally:
+        if opened:
+            conn.execute("COMMIT")
 
 
-def _alias(table: str) -> str:
-    return "c" if table == "conversations" else "m"
-
-
-def _batches(store: Store, sql: str, args: list):
-    cur = store.conn.execute(sql, args)
-    while batch := cur.fetchmany(_BATCH):
-        yield batch
-
-
-def _csv(store, table, cols, out, filters) -> int:
-    a = _alias(table)
-    sql, args = _select(store, table, filters, [f"{a}.{name}" for name, _ in cols])
-    text = io.TextIOWrapper(out, encoding="utf-8", newline="", write_through=True)
-    writer = csv.writer(text)
-    writer.writerow([name for name, _ in cols])
+def write_text(out: BinaryIO, parts) -> int:
     n = 0
-    for batch in _batches(store, sql, args):
-        writer.writerows(batch)
-        n += len(batch)
-    text.flush()
-    text.detach()
-    return n
-
-
-def _jsonl(store, table, cols, out, filters) -> int:
-    a = _alias(table)
-    pairs = ", ".join(f"'{name}', " + (f"json({a}.{name})" if name in JSON_FIELDS
-                                       else f"{a}.{name}") for name, _ in cols)
-    sql, args = _select(store, table, filters, [f"json_object({pairs})"])
-    n = 0
-    for batch in _batches(store, sql, args):
-        out.write(("\n".join(line for (line,) in batch) + "\n").encode("utf-8"))
-        n += len(batch)
+    for rows, text in parts:
+        if rows:
+            out.write(text)
+            n += rows
     out.flush()
     return n
 
@@ -153,32 +335,47 @@ def parquet_schema(cols: list[tuple[str, str]]):
                       for name, kind in cols])
 
 
-def _parquet(store, table, cols, out, filters) -> int:
+def memory_pool():
+    """The C library's allocator: mimalloc, pyarrow's default, keeps what a row group freed
+    and peaks about 20-40 MiB higher over a large export (BENCHMARKS.md)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
-    a = _alias(table)
-    sql, args = _select(store, table, filters, [f"{a}.{name}" for name, _ in cols])
+    return pa.system_memory_pool()
+
+
+def arrow_table(rows: list[tuple], cols: list):
+    """An Arrow table of rows whose first values are `cols` (as `columns` gives them, plus
+    `_month` where partitioned, feed.py): one pyarrow call per column, nothing per value in
+    Python; timestamps parsed by Arrow."""
+    import pyarrow as pa
     schema = parquet_schema(cols)
-    n = 0
-    with pq.ParquetWriter(out, schema, compression="zstd") as writer:
-        pending: list[tuple] = []
-        for batch in _batches(store, sql, args):
-            pending += batch
-            if len(pending) >= _ROW_GROUP:
-                writer.write_table(_arrow(pa, schema, pending))
-                n, pending = n + len(pending), []
-        if pending or n == 0:
-            writer.write_table(_arrow(pa, schema, pending))
-            n += len(pending)
-    return n
-
-
-def _arrow(pa, schema, rows: list[tuple]):
+    pool = memory_pool()
     arrays = []
     for i, field in enumerate(schema):
         values = [row[i] for row in rows]
         if pa.types.is_timestamp(field.type):
-            arrays.append(pa.array(values, pa.string()).cast(field.type))
+            arrays.append(pa.array(values, pa.string(), memory_pool=pool)
+                          .cast(field.type, memory_pool=pool))
         else:
-            arrays.append(pa.array(values, field.type))
+            arrays.append(pa.array(values, field.type, memory_pool=pool))
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_parquet(out: BinaryIO, schema, parts) -> int:
+    """Row groups of about ROW_GROUP rows; at most that many held at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    n = 0
+    with pq.ParquetWriter(out, schema, compression="zstd", memory_pool=memory_pool()) as writer:
+        pending, held = [], 0
+        for rows, table in parts:
+            if rows:
+                pending.append(table)
+                held += rows
+            if held >= ROW_GROUP:
+                writer.write_table(pa.concat_tables(pending, memory_pool=memory_pool()))
+                n, pending, held = n + held, [], 0
+        if pending or n == 0:
+            writer.write_table(pa.concat_tables(pending, memory_pool=memory_pool())
+                               if pending else schema.empty_table())
+            n += held
+    return n

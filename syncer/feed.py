@@ -14,6 +14,12 @@ part of a feed directory in `_seq` order, upserting by id and deleting tombstone
 the table. Parts left by an export that did not record its position are removed by the next
 export of the same consumer, which delivers their changes again.
 
+A consumer exists from its first export (registered at position 0 before any file is
+written). A tombstone every consumer of its table has received is dropped
+(store.prune_tombstones, when a position moves and at the end of every sync; all of a table's
+when it has no consumer), so a consumer started over (`reset`) gets the whole table and only
+the tombstones still kept: its receiver starts from empty.
+
 Layout of a feed directory: `.syncer-feed` (JSON: table, consumer, format, partitioning) and
 `part-<position>.<ext>`, or with `partition_by="month"` (Parquet only) Hive-style
 `createdAt_month=YYYY-MM/part-<position>.parquet` (`__HIVE_DEFAULT_PARTITION__` for no date).
@@ -21,8 +27,6 @@ Layout of a feed directory: `.syncer-feed` (JSON: table, consumer, format, parti
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import logging
 import os
@@ -31,10 +35,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .export import (FORMATS, TABLES, ExportError, _arrow, check_format, columns,
-                     parquet_schema)
-from .store import Store, now_utc
-from .transform import JSON_FIELDS
+from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
+                     head, memory_pool, parquet_schema, range_sql, ranges, select_sql)
+from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ PARTITIONINGS = ("month",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NO_MONTH = "__HIVE_DEFAULT_PARTITION__"   # Hive's name for a NULL partition value
 EXTENSIONS = {"csv": "csv", "jsonl": "jsonl", "parquet": "parquet"}
-_BATCH = 5_000
-_ROW_GROUP = 100_000
 _PART = re.compile(r"part-(\d+)\.[a-z]+")
 
 
@@ -85,14 +86,10 @@ def check_request(table: str, consumer: str, fmt: str, partition_by: str | None)
     check_format(fmt)
 
 
-def _head(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT value FROM _seq_counter WHERE id = 1").fetchone()[0]
-
-
-def _position(conn: sqlite3.Connection, consumer: str, table: str) -> int:
+def _position(conn: sqlite3.Connection, consumer: str, table: str) -> int | None:
     row = conn.execute("SELECT position FROM _consumers WHERE name = ? AND tbl = ?",
                        (consumer, table)).fetchone()
-    return row[0] if row else 0
+    return row[0] if row else None
 
 
 def _lag(conn: sqlite3.Connection, table: str, position: int) -> int:
@@ -106,8 +103,8 @@ def _lag(conn: sqlite3.Connection, table: str, position: int) -> int:
 def consumers(store: Store) -> list[dict]:
     """Every consumer: name, table, position, lag (rows to deliver), exports, updatedAt."""
     conn = store.conn
-    head = _head(conn)
-    return [{"name": name, "table": table, "position": position, "head": head,
+    top = head(conn)
+    return [{"name": name, "table": table, "position": position, "head": top,
              "lag": _lag(conn, table, position), "exports": exports, "updatedAt": updated}
             for name, table, position, exports, updated in conn.execute(
                 "SELECT name, tbl, position, exports, updated_at FROM _consumers "
@@ -194,33 +191,28 @@ def feed_columns(store: Store, table: str) -> list[tuple[str, str]]:
     return cols
 
 
-def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str) -> str:
-    """Live rows and tombstones above a position (two `?`), in `_seq` order; ids are live or
-    tombstoned, never both (migrations.V3), so each id appears once."""
+def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
+                 partition_by: str | None) -> str:
+    """(rows, text) of the live rows and tombstones of one `_seq` range (two pairs of `?`), in
+    `_seq` order; ids are live or tombstoned, never both (migrations.V3), so each id appears
+    once. Partitioned Parquet rows carry their month as `_month`."""
     own = {name for name, _ in columns_of_tombstone()}
 
     def live(name: str) -> str:
-        if name == "_deleted_at" and table == "messages":
-            return "NULL"
-        return f"json(t.{name})" if fmt == "jsonl" and name in JSON_FIELDS else f"t.{name}"
+        return "NULL" if name == "_deleted_at" and table == "messages" else f"t.{name}"
 
     def dead(name: str) -> str:
         if table == "conversations" and name == "conversationId":
             return "NULL"
         return f"d.{name}" if name in own else "NULL"
 
-    if fmt == "jsonl":
-        def pick(expr):
-            return "json_object(" + ", ".join(f"'{n}', {expr(n)}" for n, _ in cols) + ")"
-    else:
-        def pick(expr):
-            return ", ".join(f"{expr(n)} AS {n}" for n, _ in cols)
-    # after the columns: the partition, whether a tombstone, the order
-    return (f"SELECT {pick(live)}, substr(t.createdAt, 1, 7), 0, t._seq AS _order "
-            f"FROM {table} t WHERE t._seq > ? UNION ALL "
-            f"SELECT {pick(dead)}, substr(d.createdAt, 1, 7), 1, d._seq AS _order "
-            f"FROM _deleted_rows d "
-            f"WHERE d.tbl = '{table}' AND d._seq > ? ORDER BY _order")
+    def month(alias: str) -> str:
+        return f"substr({alias}.createdAt, 1, 7) AS _month" if partition_by else ""
+    return range_sql(
+        f"SELECT {select_sql(fmt, cols, live, month('t'))}, t._seq AS s FROM {table} t "
+        f"WHERE t._seq >= ? AND t._seq < ? UNION ALL "
+        f"SELECT {select_sql(fmt, cols, dead, month('d'))}, d._seq FROM _deleted_rows d "
+        f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY s", fmt)
 
 
 def columns_of_tombstone() -> list[tuple[str, str]]:
@@ -228,47 +220,17 @@ def columns_of_tombstone() -> list[tuple[str, str]]:
             ("_seq", "INTEGER"), ("_deleted_at", "TEXT")]
 
 
-class _Writer:
-    """One output file of a part: written under a hidden name, renamed by `finish`."""
+class _File:
+    """One output file of a part: written under a hidden name, renamed by the caller."""
 
-    def __init__(self, final: Path, fmt: str, cols: list[tuple[str, str]]):
-        self.final, self.fmt, self.cols = final, fmt, cols
+    def __init__(self, final: Path):
         final.parent.mkdir(parents=True, exist_ok=True)
+        self.final = final
         self.partial = final.with_name(f".{final.name}.partial")
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         self.out = os.fdopen(fd, "wb")
-        self.pending: list[tuple] = []
-        if fmt == "parquet":
-            import pyarrow.parquet as pq
-            self.schema = parquet_schema(cols)
-            self.parquet = pq.ParquetWriter(self.out, self.schema, compression="zstd")
-        elif fmt == "csv":
-            self.text = io.TextIOWrapper(self.out, encoding="utf-8", newline="",
-                                         write_through=True)
-            self.csv = csv.writer(self.text)
-            self.csv.writerow([name for name, _ in cols])
-
-    def write(self, rows: list[tuple]) -> None:
-        if self.fmt == "jsonl":
-            self.out.write(("\n".join(r[0] for r in rows) + "\n").encode("utf-8"))
-        elif self.fmt == "csv":
-            self.csv.writerows(rows)
-        else:
-            self.pending += rows
-
-    def flush_rows(self) -> None:
-        if self.fmt == "parquet" and self.pending:
-            import pyarrow as pa
-            self.parquet.write_table(_arrow(pa, self.schema, self.pending))
-            self.pending = []
 
     def close(self) -> None:
-        self.flush_rows()
-        if self.fmt == "parquet":
-            self.parquet.close()
-        elif self.fmt == "csv":
-            self.text.flush()
-            self.text.detach()
         self.out.flush()
         os.fsync(self.out.fileno())
         self.out.close()
@@ -279,39 +241,65 @@ class _Writer:
         self.partial.unlink(missing_ok=True)
 
 
-def _write_part(conn, sql: str, position: int, root: Path, name: str, fmt: str,
-                cols: list[tuple[str, str]], partition_by: str | None) -> tuple[int, int, list]:
-    """Write the changes above `position` as part `name`; returns (rows, tombstones, the
-    writers, closed but not yet renamed). Nothing is written when there is no change."""
-    writers: dict[str, _Writer] = {}
-    rows = tombstones = pending = 0
+def _write_text(parts, root: Path, name: str, fmt: str, cols, files: list[_File]) -> int:
+    rows = 0
+    for n, text in parts:
+        if not n:
+            continue
+        if not files:
+            files.append(_File(root / name))
+            if fmt == "csv":
+                files[0].out.write((",".join(c for c, _ in cols) + "\r\n").encode())
+        files[0].out.write(text)
+        rows += n
+    return rows
+
+
+def _write_parquet(parts, root: Path, name: str, cols, partition_by: str | None,
+                   files: list[_File]) -> int:
+    """One Parquet file, or one per month. Rows are held until the months together hold
+    ROW_GROUP of them; then the month holding most is written as a row group (so memory stays
+    bounded whatever the number of months, and row groups stay as large as that allows)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    schema = parquet_schema(cols)
+    writers: dict[str, pq.ParquetWriter] = {}
+    pending: dict[str, list] = {}
+    rows = 0
+
+    def held(key: str) -> int:
+        return sum(t.num_rows for t in pending[key])
+
+    def flush(key: str) -> None:
+        if key not in writers:
+            where = root / f"createdAt_month={key}" if partition_by else root
+            files.append(_File(where / name))
+            writers[key] = pq.ParquetWriter(files[-1].out, schema, compression="zstd",
+                                            memory_pool=memory_pool())
+        writers[key].write_table(pa.concat_tables(pending.pop(key), memory_pool=memory_pool()))
+
     try:
-        cur = conn.execute(sql, (position, position))
-        while batch := cur.fetchmany(_BATCH):
-            groups: dict[str, list[tuple]] = {}
-            for r in batch:
-                key = (r[-3] or NO_MONTH) if partition_by else ""
-                groups.setdefault(key, []).append(r[:-3])
-            for key, group in groups.items():
-                w = writers.get(key)
-                if w is None:
-                    where = root / f"createdAt_month={key}" if partition_by else root
-                    w = writers[key] = _Writer(where / name, fmt, cols)
-                w.write(group)
-            rows += len(batch)
-            tombstones += sum(r[-2] for r in batch)
-            pending += len(batch)
-            if pending >= _ROW_GROUP:      # bounds memory whatever the number of partitions
-                for w in writers.values():
-                    w.flush_rows()
-                pending = 0
-        for w in writers.values():
-            w.close()
-    except BaseException:
-        for w in writers.values():
-            w.discard()
-        raise
-    return rows, tombstones, list(writers.values())
+        for n, table in parts:
+            if not n:
+                continue
+            if partition_by:
+                months = table.column("_month")
+                for key in pc.unique(months).to_pylist():
+                    chosen = pc.is_null(months) if key is None else pc.equal(months, key)
+                    pending.setdefault(key or NO_MONTH, []).append(
+                        table.filter(chosen).select(schema.names))
+            else:
+                pending.setdefault("", []).append(table)
+            rows += n
+            while sum(map(held, pending)) >= ROW_GROUP:
+                flush(max(pending, key=held))
+        for key in list(pending):
+            flush(key)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return rows
 
 
 def export_changes(store: Store, table: str, consumer: str, fmt: str, output: str, *,
@@ -323,45 +311,72 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
     check_directory(output, want)
     conn = store.conn
     root = Path(output)
+    if _position(conn, consumer, table) is None:
+        _register(store.path, consumer, table)
     conn.execute("BEGIN")          # one snapshot for the head, the position and the rows
     try:
-        head = _head(conn)
-        recorded = _position(conn, consumer, table)
-        if recorded > head and not reset:
+        top = head(conn)
+        recorded = _position(conn, consumer, table) or 0
+        if recorded > top and not reset:
             raise FeedError(
                 f"consumer {consumer!r} of {table} is at position {recorded}, ahead of "
-                f"this mirror ({head}): the database was restored from an older copy; "
+                f"this mirror ({top}): the database was restored from an older copy; "
                 f"start the consumer over with --reset (and its receiver from empty)")
         start = 0 if reset else recorded
-        done = Delivery(table, consumer, before=start, position=head)
+        done = Delivery(table, consumer, before=start, position=top)
         cols = feed_columns(store, table)
-        sql = _changes_sql(table, cols, fmt)
-        if head > start:
+        if top > start:
             root.mkdir(exist_ok=True)
             _write_marker(root, want)
             _remove_unrecorded(root, recorded)
-            name = f"part-{head:012d}.{EXTENSIONS[fmt]}"
-            done.rows, done.tombstones, writers = _write_part(
-                conn, sql, start, root, name, fmt, cols, partition_by)
-            for w in writers:
-                os.replace(w.partial, w.final)
-                _fsync_dir(w.final.parent)
-                done.files.append(str(w.final))
+            name = f"part-{top:012d}.{EXTENSIONS[fmt]}"
+            arrow = (cols + [("_month", "TEXT")] * bool(partition_by)) if fmt == "parquet" \
+                else None
+            parts = contextlib.closing(blocks(store, _changes_sql(table, cols, fmt, partition_by),
+                                              [], ranges(start + 1, top), pairs=2, arrow=arrow))
+            files: list[_File] = []
+            try:
+                with parts as changes:
+                    done.rows = (_write_parquet(changes, root, name, cols, partition_by, files)
+                                 if fmt == "parquet" else
+                                 _write_text(changes, root, name, fmt, cols, files))
+                for file in files:
+                    file.close()
+            except BaseException:
+                for file in files:
+                    file.discard()
+                raise
+            done.tombstones = conn.execute(
+                "SELECT count(*) FROM _deleted_rows WHERE tbl = ? AND _seq > ?",
+                (table, start)).fetchone()[0]
+            for file in files:
+                os.replace(file.partial, file.final)
+                _fsync_dir(file.final.parent)
+                done.files.append(str(file.final))
     finally:
         conn.execute("COMMIT")
-    _record(store.path, consumer, table, recorded, head)
+    _record(store.path, consumer, table, recorded, top)
     return done
+
+
+def _register(path: str, consumer: str, table: str) -> None:
+    """A consumer exists from its first export, at position 0, before any file is written:
+    from then on the tombstones it has not received are kept for it (store.prune_tombstones),
+    even if that export is killed after a receiver loaded its files."""
+    def register(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO _consumers (name, tbl, position, exports, updated_at) "
+                     "VALUES (?, ?, 0, 0, ?) ON CONFLICT (name, tbl) DO NOTHING",
+                     (consumer, table, now_utc()))
+    _write(path, register)
 
 
 def _record(path: str, consumer: str, table: str, expected: int, position: int) -> None:
     """Move the position, only from where this export found it (two exports of one consumer
-    at once: the later one fails and delivers again next time)."""
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
+    at once: the later one fails and delivers again next time), and drop the tombstones every
+    consumer of the table has now received."""
+    def record(conn: sqlite3.Connection) -> None:
         have = _position(conn, consumer, table)
         if have != expected:
-            conn.execute("ROLLBACK")
             raise FeedError(f"consumer {consumer!r} of {table} moved to {have} during this "
                             "export (another export of it ran at once); its files are kept, "
                             "run the export again")
@@ -370,10 +385,23 @@ def _record(path: str, consumer: str, table: str, expected: int, position: int) 
             "VALUES (?, ?, ?, 1, ?) ON CONFLICT (name, tbl) DO UPDATE SET "
             "position = excluded.position, exports = exports + 1, "
             "updated_at = excluded.updated_at", (consumer, table, position, now_utc()))
+        dropped = prune_tombstones(conn)
+        log.info("dropped %d tombstones every consumer has received", dropped)
+    _write(path, record)
+
+
+def _write(path: str, change) -> None:
+    """`change(conn)` in one write transaction of its own; rolled back if it raises."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            change(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         conn.execute("COMMIT")
     except sqlite3.Error as e:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
         raise Store.error_for(path, e) from None
     finally:
         conn.close()

@@ -42,6 +42,20 @@ def now_utc() -> str:
     return format_instant(datetime.now(timezone.utc))
 
 
+def prune_tombstones(conn: sqlite3.Connection) -> int:
+    """Drop the tombstones of deleted rows (`_deleted_rows`, migrations.V3) that every
+    change-feed consumer of their table has received (at or below the lowest position), or all
+    of a table's when it has no consumer: a consumer that starts later starts from the current
+    table and never needs a tombstone of a row it never got (feed.py). Returns how many."""
+    dropped = 0
+    for table in ("conversations", "messages"):
+        dropped += conn.execute(
+            "DELETE FROM _deleted_rows WHERE tbl = ?1 AND _seq <= coalesce("
+            "(SELECT min(position) FROM _consumers WHERE tbl = ?1), "
+            "(SELECT value FROM _seq_counter WHERE id = 1))", (table,)).rowcount
+    return dropped
+
+
 def _chunks(items: list, size: int = _CHUNK) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -597,6 +611,7 @@ class Store:
                 "UPDATE _sync_runs SET finished_at = ?, outcome = ?, error = ?, "
                 "walk_started_at = ?, watermark = ?, early_stop = ? WHERE id = ?",
                 (now_utc(), outcome, error, walk_started_at, watermark, int(early_stop), run_id))
+            prune_tombstones(self.conn)
 
     def run(self, run_id: int) -> dict:
         with self._lock:

@@ -160,3 +160,37 @@ def test_export_file_is_private_and_appears_only_when_complete(tmp_path):
                         "export", "messages", "-o", str(tmp_path / "no" / "dir.csv")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def _outputs(db, monkeypatch, workers, **settings):
+    from syncer import export as exporting
+    monkeypatch.setattr(exporting, "WORKERS", workers)
+    for name, value in settings.items():
+        monkeypatch.setattr(exporting, name, value)
+    out = {}
+    for name in ("conversations", "messages"):
+        for fmt in ("csv", "jsonl", "parquet"):
+            n, data = run(db, name, fmt, Filters(include_deleted=True) if fmt == "parquet"
+                          else Filters())
+            out[name, fmt] = (n, pq.read_table(pa.BufferReader(data)).to_pylist()
+                              if fmt == "parquet" else data)
+    return out
+
+
+@pytest.mark.parametrize("other_snapshot", [False, True])
+def test_helper_processes_write_the_same_export(db, monkeypatch, other_snapshot):
+    """A large export is shared with helper processes, range by range; small ranges force that
+    here. The bytes are the same as one process's. A helper that reads another snapshot than
+    the exporter's (a sync committed in between) is not used: the exporter does its ranges."""
+    from syncer import export as exporting
+    alone = _outputs(db, monkeypatch, 0)
+    if other_snapshot:
+        real = exporting.head
+        monkeypatch.setattr(exporting, "head", lambda conn: real(conn) + 1)
+    received = []
+    read_block = exporting._read_block
+    monkeypatch.setattr(exporting, "_read_block",
+                        lambda *a: received.append(read_block(*a)) or received[-1])
+    shared = _outputs(db, monkeypatch, 2, RANGE=7, PARALLEL_FROM=2, ROW_GROUP=20)
+    assert shared == alone
+    assert (received == []) if other_snapshot else (len(received) > 20 and all(received))

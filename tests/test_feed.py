@@ -6,6 +6,7 @@ with new, changed and deleted messages, conversations deleted upstream, purges, 
 killed before they could record their position."""
 import json
 import random
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -33,8 +34,8 @@ def syncer(db, *args):
     return result.exit_code, result.stdout, result.stderr
 
 
-def export_changes(db, table, feed, *extra):
-    code, _, err = syncer(db, "export", table, "--changes", "wh", "--format", "parquet",
+def export_changes(db, table, feed, *extra, consumer="wh"):
+    code, _, err = syncer(db, "export", table, "--changes", consumer, "--format", "parquet",
                           "-o", str(feed), *extra)
     assert code == 0, err
     return err
@@ -183,11 +184,16 @@ def change_upstream(upstream, rng) -> str:
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_warehouse_kept_from_the_feed_equals_the_mirror(tmp_path, seed):
+    """Two consumers of each table: `wh` after every sync (some of its exports killed), `late`
+    now and then, so tombstones are kept for it while `wh` has them and dropped once both
+    have (store.prune_tombstones, also at the end of every sync); `late` is reset half-way into
+    a new directory, its receiver starting from empty."""
     rng = random.Random(seed)
     db = tmp_path / "mirror.db"
     feeds = {t: tmp_path / f"feed-{t}" for t in TABLES}
+    late_feeds = {t: tmp_path / f"late-{t}" for t in TABLES}
     partition = {"conversations": (), "messages": ("--partition-by", "month")}
-    warehouse = Warehouse()
+    warehouse, late = Warehouse(), Warehouse()
     upstream = generate(seed=seed, conversations=30)
     with SimulatorServer(upstream, Behaviour()) as server:
         settings = settings_for(server, db)
@@ -212,11 +218,54 @@ def test_a_warehouse_kept_from_the_feed_equals_the_mirror(tmp_path, seed):
                 else:
                     export_changes(db, table, feeds[table], *partition[table])
                 warehouse.load(table, feeds[table])
+                if step == 7:       # start over: a new directory, a receiver from empty
+                    late_feeds[table] = tmp_path / f"late-{table}-reset"
+                    late.loaded[table] = set()
+                    late.db.execute(f"DROP TABLE IF EXISTS {table}")
+                    export_changes(db, table, late_feeds[table], "--reset", consumer="late")
+                elif rng.random() < 0.3:
+                    export_changes(db, table, late_feeds[table], consumer="late")
+                late.load(table, late_feeds[table])
         for table in TABLES:
             export_changes(db, table, feeds[table], *partition[table])
             warehouse.load(table, feeds[table])
             assert warehouse.rows(table) == mirror_rows(db, table)
-    assert _consumers(db) == [("wh", "conversations", 0), ("wh", "messages", 0)]
+            export_changes(db, table, late_feeds[table], consumer="late")
+            late.load(table, late_feeds[table])
+            assert late.rows(table) == mirror_rows(db, table)
+    assert _consumers(db) == [("late", "conversations", 0), ("late", "messages", 0),
+                              ("wh", "conversations", 0), ("wh", "messages", 0)]
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT count(*) FROM _deleted_rows").fetchone()[0] == 0
+    conn.close()
+
+
+def test_tombstones_are_kept_until_every_consumer_has_them(synced, tmp_path):
+    db, _ = synced
+    export_changes(db, "messages", tmp_path / "a", consumer="a")
+    export_changes(db, "messages", tmp_path / "b", consumer="b")
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM messages WHERE rowid IN (1, 2)")
+    conn.commit()
+
+    def tombstones():
+        return conn.execute("SELECT count(*) FROM _deleted_rows").fetchone()[0]
+    assert tombstones() == 2
+    export_changes(db, "messages", tmp_path / "a", consumer="a")
+    assert tombstones() == 2                 # b has not received them
+    err = export_changes(db, "messages", tmp_path / "b", consumer="b")
+    assert "(2 tombstones)" in err and tombstones() == 0
+    conn.execute("DELETE FROM messages WHERE rowid = 3")
+    conn.execute("DELETE FROM _consumers")   # no consumer: the next sync's end drops them
+    conn.commit()
+    assert tombstones() == 1
+    store = Store.open(str(db))
+    try:
+        store.finish_run(store.start_run("incremental"), "ok")
+    finally:
+        store.close()
+    assert tombstones() == 0
+    conn.close()
 
 
 def _consumers(db):
@@ -333,10 +382,29 @@ def _position(db, table="messages"):
     return row and row[0]
 
 
+def cli(db, *args):
+    """The real command line: a `syncer` process."""
+    done = subprocess.run([sys.executable, "-m", "syncer", "--db", str(db), *args],
+                          capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stdout, done.stderr
+
+
+def refused(db, args, message):
+    """One line naming the problem, no traceback, exit 2."""
+    code, out, err = cli(db, "export", *args)
+    assert (code, out) == (2, "") and len(err.splitlines()) == 1 and message in err, err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("args, message", [
     (["bogus", "--changes", "wh"], "cannot export 'bogus'"),
     (["messages", "--changes", "w h!"], "bad consumer name"),
+    (["messages", "--changes", "../wh"], "bad consumer name"),
     (["messages", "--changes", "wh", "--partition-by", "month", "--format", "csv"],
+     "--partition-by needs --format parquet"),
+    (["messages", "--changes", "wh", "--partition-by", "month", "--format", "jsonl"],
+     "--partition-by needs --format parquet"),
+    (["messages", "--changes", "wh", "--partition-by", "month"],
      "--partition-by needs --format parquet"),
     (["messages", "--changes", "wh", "--status", "open"], "whole tables"),
     (["messages", "--changes", "wh", "-o", "-"], "directory"),
@@ -347,9 +415,8 @@ def test_bad_input_is_one_line_and_moves_nothing(synced, tmp_path, args, message
     before = _position(db)
     if "-o" not in args:
         args = args + ["-o", str(tmp_path / "feed")]
-    code, out, err = syncer(db, "export", *args)
-    assert (code, out) == (2, "") and len(err.splitlines()) == 1 and message in err, err
-    assert _position(db) == before
+    refused(db, args, message)
+    assert _position(db) == before and not (tmp_path / "feed").exists()
 
 
 def test_an_output_that_is_not_a_feed_directory_is_refused(synced, tmp_path):
@@ -362,10 +429,10 @@ def test_an_output_that_is_not_a_feed_directory_is_refused(synced, tmp_path):
     for path, message in [(tmp_path / "file.parquet", "is not a feed directory"),
                           (tmp_path / "full", "is not a feed directory"),
                           (other, "feed directory of another export")]:
-        code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format",
-                              "parquet", "-o", str(path))
-        assert code == 2 and message in err and len(err.splitlines()) == 1, err
+        refused(db, ["messages", "--changes", "wh", "--format", "parquet", "-o", str(path)],
+                message)
     assert (tmp_path / "file.parquet").read_bytes() == b"keep me"
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["notes.txt"]
     assert _position(db) is None
 
 
@@ -378,17 +445,19 @@ def test_a_consumer_ahead_of_the_mirror_is_refused(synced, tmp_path):
     conn.commit()
     conn.close()
     before = _position(db)
-    code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format", "parquet",
-                          "-o", str(tmp_path / "feed"))
-    assert code == 2 and "ahead of this mirror" in err and len(err.splitlines()) == 1
+    parts = sorted(p.name for p in (tmp_path / "feed").iterdir())
+    refused(db, ["messages", "--changes", "wh", "--format", "parquet", "-o",
+                 str(tmp_path / "feed")], "ahead of this mirror")
     assert _position(db) == before
+    assert sorted(p.name for p in (tmp_path / "feed").iterdir()) == parts
 
 
 def test_a_killed_export_delivers_again_and_leaves_no_stray_part(synced, tmp_path):
     db, _ = synced
     feed = tmp_path / "feed"
     assert kill_before_recording(db, "messages", feed) == -signal.SIGKILL
-    assert _position(db) is None and len(list(feed.glob("part-*"))) == 1
+    # registered by its first export (its tombstones are kept from then on), nothing received
+    assert _position(db) == 0 and len(list(feed.glob("part-*"))) == 1
     conn = sqlite3.connect(db)
     conn.execute("DELETE FROM messages WHERE rowid = 1")
     conn.commit()
@@ -441,3 +510,34 @@ def test_the_migration_stamps_an_older_mirror(tmp_path):
     code, _, err = syncer(db, "export", "messages", "--changes", "wh", "--format", "jsonl",
                           "-o", str(feed))
     assert code == 0 and "3 messages changes (0 tombstones) after position 0" in err, err
+
+
+@pytest.mark.parametrize("fmt, extra", [("csv", ()), ("jsonl", ()),
+                                        ("parquet", ("--partition-by", "month"))])
+def test_helper_processes_write_the_same_feed(synced, tmp_path, monkeypatch, fmt, extra):
+    """Ranges of the change sequence shared with helper processes (forced by small ranges)
+    give the same files as one process, tombstones included."""
+    from syncer import export as exporting
+    db, _ = synced
+    conn = sqlite3.connect(db)
+    conn.execute("DELETE FROM messages WHERE rowid IN (3, 30, 31)")
+    conn.commit()
+    conn.close()
+
+    copy = tmp_path / "copy.db"     # the same mirror: the first export prunes its tombstones
+    shutil.copyfile(db, copy)
+
+    def files(consumer, workers):
+        monkeypatch.setattr(exporting, "WORKERS", workers)
+        feed = tmp_path / consumer
+        code, _, err = syncer(db if consumer == "one" else copy, "export", "messages",
+                              "--changes", "wh", "--format", fmt, "-o", str(feed), *extra)
+        assert code == 0 and "(3 tombstones)" in err, err
+        return {str(p.relative_to(feed)): (
+            duckdb.sql(f"SELECT * FROM read_parquet('{p}')").fetchall() if fmt == "parquet"
+            else p.read_bytes()) for p in feed.rglob("part-*")}
+
+    alone = files("one", 0)
+    monkeypatch.setattr(exporting, "RANGE", 5)
+    monkeypatch.setattr(exporting, "PARALLEL_FROM", 2)
+    assert files("two", 2) == alone and len(alone) >= (2 if extra else 1)
