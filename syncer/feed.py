@@ -124,10 +124,11 @@ def check_directory(path: str, want: dict) -> None:
                         "go to stdout, where its completeness cannot be known)")
     p = Path(path)
     if not p.exists():
-        if not p.parent.is_dir():
-            raise FeedError(f"cannot write the feed to {path}: its parent directory does not "
-                            "exist")
-        return
+        above = next((a for a in p.absolute().parents if a.exists()), None)
+        if above is not None and not above.is_dir():
+            raise FeedError(f"cannot write the feed to {path}: {above} is a file, not a "
+                            "directory")
+        return                 # created with its missing parents, as `mkdir -p` would
     if not p.is_dir():
         raise FeedError(f"{path} exists and is not a feed directory: pass -o a new directory "
                         "(or the one an earlier export of this consumer wrote)")
@@ -326,7 +327,7 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
         done = Delivery(table, consumer, before=start, position=top)
         cols = feed_columns(store, table)
         if top > start:
-            root.mkdir(exist_ok=True)
+            root.mkdir(parents=True, exist_ok=True)
             _write_marker(root, want)
             _remove_unrecorded(root, recorded)
             name = f"part-{top:012d}.{EXTENSIONS[fmt]}"

@@ -541,3 +541,28 @@ def test_helper_processes_write_the_same_feed(synced, tmp_path, monkeypatch, fmt
     monkeypatch.setattr(exporting, "RANGE", 5)
     monkeypatch.setattr(exporting, "PARALLEL_FROM", 2)
     assert files("two", 2) == alone and len(alone) >= (2 if extra else 1)
+
+
+def test_the_readme_feed_commands_work_as_written_in_a_fresh_directory(synced, tmp_path,
+                                                                      monkeypatch):
+    """The three command lines of the README's feed section, run as shown (no `feed/` made
+    beforehand), from a directory holding the mirror; then a file where a parent should be is
+    refused with one line."""
+    db, _ = synced
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copy(db, work / "syncer.db")
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("SYNCER_DB", raising=False)
+    section = README.split("### A change feed", 1)[1].split("The mirror keeps", 1)[0]
+    lines = [line.split("#")[0].split()[1:] for line in section.splitlines()
+             if line.startswith("    syncer ")]
+    assert len(lines) == 3
+    for args in lines:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, (args, result.stderr)
+    assert list((work / "feed" / "messages").glob("part-*.parquet"))
+    assert list((work / "feed" / "messages-2").glob("part-*.parquet"))
+    (work / "blocked").write_text("a file")
+    refused("syncer.db", ["messages", "--changes", "other", "--format", "parquet",
+                          "-o", "blocked/feed"], "is a file, not a directory")
