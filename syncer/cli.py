@@ -69,7 +69,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
                                  "upstream, sync again, search"),
     "doctor": ("cli_sync", "doctor",
                "Check the configuration, the database and the API, and say what to fix"),
-    "export": ("cli_browse", "export_command",
+    "export": ("cli_export", "export_command",
                "Export conversations or messages, streaming, to CSV, JSON Lines or Parquet"),
     "purge": ("cli_ops", "purge",
               "Forget conversations: their messages, full-text entries and personal fields"),
