@@ -1,7 +1,8 @@
 """What every command of the command line shares: the application object the group builds
-in ctx.obj (settings on demand, colour, the display zone), the command class, click's Choice with a suggestion,
-and the stop handlers of the long-running commands. cli.py assembles the group; cli_browse.py
-and cli_ops.py define commands on top of this module, so imports run one way."""
+in ctx.obj (settings on demand, colour, the display zone), the command class, click's Choice
+with a suggestion, and the stop handlers of the long-running commands. cli.py assembles the
+group; cli_browse.py, cli_export.py, cli_ops.py and cli_sync.py define commands on top of this
+module, so imports run one way. `syncer --help` imports it, so it imports little itself."""
 from __future__ import annotations
 
 import functools
