@@ -1,4 +1,5 @@
-"""Read commands over the local mirror: search, show, conversations, stats, export, serve.
+"""Read commands over the local mirror: search, show, conversations, stats, serve (export
+is in cli_export.py).
 
 They need no API key and no network, open the database read-only (a missing or foreign file is
 an error, exit 2, and is never created), and default to a table on a terminal and to JSON Lines
@@ -8,16 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import shutil
 import sys
 
 import click
 
 from . import config, known, query, render
-from . import stats as stats_module
 from .cli_context import App, Choice, command, pass_app
 from .errors import ConfigError
-from .export import FORMATS, TABLES, ExportError, check_format, export, private_output
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
 STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuses
@@ -93,6 +91,11 @@ def _fmt(fmt: str | None, piped: str) -> str:
 def _term_width() -> int:
     import shutil
     return shutil.get_terminal_size((120, 24)).columns
+
+
+def _term_lines() -> int:
+    import shutil
+    return shutil.get_terminal_size().lines
 
 
 def _emit_rows(app: App, rows: list[dict], fmt: str | None, columns: list[tuple[str, str]],
@@ -182,7 +185,7 @@ def show(app: App, conversation_id, fmt, no_pager):
         return
     text = _thread_text(thread, app.zone())
     if (not no_pager and sys.stdout.isatty()
-            and text.count("\n") + 1 > shutil.get_terminal_size().lines - 1):
+            and text.count("\n") + 1 > _term_lines() - 1):
         click.echo_via_pager(text)
     else:
         click.echo(text)
@@ -261,6 +264,7 @@ def stats(app: App, per, filters, fmt):
       syncer stats --since 2024-05-01 --per week --format json
       syncer stats --per month --format csv
     """
+    from . import stats as stats_module    # here: only this command needs it
     with _open(app, filters) as store:
         result = stats_module.stats(store, filters, per=per)
     fmt = _fmt(fmt, "json")
@@ -357,78 +361,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.1f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
-@command("export")
-@click.argument("table", required=False)
-@click.option("--format", "fmt", type=Choice(FORMATS), default=None,
-              help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'. "
-                   "Default: csv.")
-@click.option("-o", "--output", type=click.Path(allow_dash=True), default="-",
-              help="File to write (default: stdout); with --changes, the feed directory.")
-@click.option("--changes", "consumer", metavar="NAME",
-              help="Only what changed since consumer NAME's last export (a change feed: "
-                   "rows with _seq and _deleted_at, tombstones included), then move NAME on.")
-@click.option("--reset", is_flag=True, help="With --changes: start NAME over from nothing.")
-@click.option("--partition-by", type=Choice(["month"]),
-              help="With --changes and parquet: Hive-style createdAt_month=YYYY-MM/ parts.")
-@click.option("--consumers", "list_consumers", is_flag=True,
-              help="List the change-feed consumers with their position and lag (rows "
-                   "still to deliver); --format csv or jsonl for scripts.")
-@filter_options
-@pass_app
-def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
-                   list_consumers, filters):
-    """Export conversations or messages, streaming, to CSV, JSON Lines or Parquet.
-
-    With --changes NAME, a change feed for a warehouse: each export writes, into the directory
-    -o, a part with the rows changed since NAME's last export (one per id, its latest state,
-    tombstones with _deleted_at set); NAME moves on only once the part is in place.
-
-    \b
-    Examples:
-      syncer export conversations --format jsonl --surface email > conversations.jsonl
-      syncer export messages --format parquet -o messages.parquet
-      syncer export messages --changes duckdb --format parquet -o feed/messages
-      syncer export --consumers
-    """
-    from . import feed    # here: `--help` and usage errors never need it
-    if list_consumers:
-        if fmt == "parquet":
-            raise ExportError("--consumers lists as a table, csv or jsonl, not parquet")
-        with _open(app) as store:
-            rows = feed.consumers(store)
-        _emit_rows(app, rows, fmt, CONSUMER_COLUMNS)
-        return
-    if table is None:
-        raise ExportError("name the table to export (conversations or messages), "
-                          "or pass --consumers")
-    fmt = fmt or "csv"
-    if consumer is None:
-        if reset or partition_by:
-            raise ExportError(f"--{'reset' if reset else 'partition-by'} needs --changes NAME")
-        if table not in TABLES:
-            raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
-        check_format(fmt)
-        with _open(app, filters) as store, private_output(output) as out:
-            n = export(store, table, fmt, out, filters)
-        if output != "-":
-            click.echo(f"{n} {table} written to {output}", err=True)
-        return
-    if filters != query.Filters():
-        raise ExportError("a change feed exports whole tables: drop the filters "
-                          "(--status, --since, ...) or the --changes option")
-    feed.check_request(table, consumer, fmt, partition_by)
-    with _open(app) as store:
-        done = feed.export_changes(store, table, consumer, fmt, output, reset=reset,
-                                   partition_by=partition_by)
-    where = f"{len(done.files)} file(s) in {output}" if done.files else "no file (no change)"
-    click.echo(f"{done.rows} {table} changes ({done.tombstones} tombstones) after position "
-               f"{done.before}: {where}; consumer {consumer} now at {done.position}", err=True)
-
-
-CONSUMER_COLUMNS = [("name", "consumer"), ("table", "table"), ("position", "position"),
-                    ("lag", "lag"), ("exports", "exports"), ("updatedAt", "updated")]
-
-
 @command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8001, show_default=True, type=int, help="Port to listen on.")
@@ -460,4 +392,4 @@ def serve(app: App, host, port, print_metadata):
     serving.serve(path, host=host, port=port)
 
 
-COMMANDS = [search, show, conversations_command, stats, export_command, serve]
+COMMANDS = [search, show, conversations_command, stats, serve]

@@ -1,43 +1,45 @@
 """What every command of the command line shares: the application object the group builds
-in ctx.obj (settings on demand, colour, the display zone), the command class, click's Choice with a suggestion,
-and the stop handlers of the long-running commands. cli.py assembles the group; cli_browse.py
-and cli_ops.py define commands on top of this module, so imports run one way."""
+in ctx.obj (settings on demand, colour, the display zone), the command class, click's Choice
+with a suggestion, and the stop handlers of the long-running commands. cli.py assembles the
+group; cli_browse.py, cli_export.py, cli_ops.py and cli_sync.py define commands on top of this
+module, so imports run one way. `syncer --help` imports it, so it imports little itself."""
 from __future__ import annotations
 
-import difflib
 import functools
-import logging
 import os
-import signal
 import sys
-import threading
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import click
 
-from . import config, zones
-from .logs import redact
+if TYPE_CHECKING:
+    import threading
 
-log = logging.getLogger("syncer")
+    from . import config, zones
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@dataclass
 class App:
-    config_path: str | None
-    db_path: str | None
-    log_format: str = "text"
-    color: str = "auto"
-    database: str | None = None      # the database the command uses, for errors about it
-    tz: str | None = None            # --tz as given
-    _zone: zones.Zone | None = field(default=None, repr=False)
+    """What the group's options say, and what a command derives from them on demand. The
+    modules behind it (config, zones, logs) are imported when used, not for `--help`."""
 
-    def __post_init__(self):
-        if self.tz is not None:      # refused at once, even by a command that shows no time
-            config.display_zone(self.tz, None, {}, "")
+    def __init__(self, config_path: str | None, db_path: str | None, log_format: str = "text",
+                 color: str = "auto", tz: str | None = None):
+        self.config_path = config_path
+        self.db_path = db_path
+        self.log_format = log_format
+        self.color = color
+        self.tz = tz                       # --tz as given
+        self.database: str | None = None   # the database the command uses, for errors about it
+        self._zone: zones.Zone | None = None
+        if tz is not None:                 # refused at once, even by a command that shows no time
+            from . import config
+            config.display_zone(tz, None, {}, "")
 
     def settings(self, **overrides) -> config.Settings:
+        from . import config
+        from .logs import redact
         settings = config.load(self.config_path, db_path=self.db_path, tz=self.tz, **overrides)
         redact(settings.api_key)     # a key from the file is scrubbed from the logs too
         self.database = settings.db_path
@@ -67,6 +69,7 @@ class Choice(click.Choice):
         try:
             return super().convert(value, param, ctx)
         except click.BadParameter as e:
+            import difflib
             close = difflib.get_close_matches(str(value), [str(c) for c in self.choices], n=1)
             if close:
                 e.message = f"{e.message.rstrip('.')}. Did you mean {close[0]!r}?"
@@ -93,6 +96,10 @@ command = functools.partial(click.command, cls=SyncerCommand)
 def install_stop_handlers(stop: threading.Event) -> None:
     """First SIGINT/SIGTERM: finish the work in hand and stop. Second: exit at once (every
     write is a transaction, so the database stays consistent)."""
+    import logging
+    import signal
+    log = logging.getLogger("syncer")
+
     def handler(signum, frame):
         if stop.is_set():
             # through the log, so a progress line on the terminal is wiped first

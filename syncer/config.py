@@ -16,7 +16,6 @@ import math
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,6 +201,7 @@ def _coerce(section: str, key: str, value: object, kind: str, source: str) -> ob
 
 def read_file(path: Path) -> dict[str, dict[str, object]]:
     """Parse and type-check a config file. Unknown sections or keys are errors."""
+    import tomllib    # here: a command run without a config file never needs the parser
     source = str(path)
     try:
         with open(path, "rb") as f:

@@ -2,7 +2,6 @@
 typo on the command line is named with what would match instead of quietly matching nothing."""
 from __future__ import annotations
 
-import difflib
 from typing import TYPE_CHECKING
 
 from .errors import ConfigError
@@ -45,5 +44,6 @@ def unknown(name: str, value: str, held: set[str]) -> str:
     listed = sorted(held)
     shown = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
     message = f"no {name} {value!r} in this mirror (known: {shown or 'none'})"
+    import difflib    # here: only an unknown value needs a suggestion
     close = difflib.get_close_matches(value, listed, n=1)
     return message + (f"; did you mean {close[0]!r}?" if close else "")

@@ -9,7 +9,6 @@ in the display zone, labelled (zones.py).
 """
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable, Sequence
 from typing import TextIO
@@ -43,6 +42,7 @@ def dump_jsonl(rows: Sequence[dict], out: TextIO) -> None:
 
 
 def dump_csv(rows: Sequence[dict], out: TextIO, columns: Sequence[str] | None = None) -> None:
+    import csv    # here: only --format csv needs it
     columns = list(columns or (rows[0].keys() if rows else []))
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)

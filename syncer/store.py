@@ -7,7 +7,6 @@ tables kept in step here, row by row, with every insert, update and delete.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sqlite3
@@ -569,6 +568,7 @@ class Store:
 
     def reject(self, endpoint: str, record: object, reason: str) -> None:
         """Quarantine a record that failed validation. Call inside a transaction."""
+        import hashlib    # here: readers never quarantine, and OpenSSL is slow to load
         rid = record.get("id") if isinstance(record, dict) else None
         raw = json.dumps(record, ensure_ascii=False, default=str)
         key = (str(rid) if isinstance(rid, (str, int)) and rid != ""

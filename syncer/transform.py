@@ -6,7 +6,6 @@ are kept in `_raw`.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import datetime, timezone
 
@@ -126,5 +125,6 @@ def message_row(record: dict) -> dict:
 
 def list_signature(row: dict) -> str:
     """What the list endpoint shows of a conversation; a change means the conversation is dirty."""
+    import hashlib    # here: only sync signs rows, and OpenSSL is slow to load for a reader
     core = [row.get(name) for name in CONVERSATION_FIELDS]
     return hashlib.sha1(_dumps(core).encode()).hexdigest()[:16]

@@ -9,11 +9,9 @@ types without an offset (`--since 2024-05-01`) is read in the same zone.
 """
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone, tzinfo
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 LOCAL = "local"
 UTC = "UTC"
@@ -80,6 +78,8 @@ def parse_zone(spec: str) -> Zone:
         return Zone(LOCAL, None)
     if text.upper() == UTC:
         return Zone(UTC, timezone.utc)
+    # here, not at the top: a command shown in UTC (the default) never loads tzdata's index
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
     try:
         return Zone(text, ZoneInfo(text))
     except (ZoneInfoNotFoundError, ValueError, OSError):
@@ -88,6 +88,7 @@ def parse_zone(spec: str) -> Zone:
     if text.lower() in known:                     # europe/paris
         return Zone(known[text.lower()], ZoneInfo(known[text.lower()]))
     known.update(local=LOCAL, utc=UTC)
+    import difflib
     close = difflib.get_close_matches(text.lower(), list(known), n=1)
     guess = f"; did you mean {known[close[0]]}?" if close else ""
     raise ValueError(f"unknown time zone {spec!r}{guess} ({HINT})")
