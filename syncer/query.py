@@ -70,10 +70,15 @@ class Filters:
     participant: str | None = None  # case-insensitive part of the name or the email
     include_deleted: bool = False
 
-    def conversation_sql(self, c: str = "c") -> tuple[list[str], list]:
-        where, args = [f"{c}._purged_at IS NULL"], []   # forgotten: only ids and times left
+    def conversation_sql(self, c: str = "c", *,
+                         walk_sorted: bool = False) -> tuple[list[str], list]:
+        """`walk_sorted`: the caller lists a page in an indexed order, so keep the planner off
+        the index of what nearly every conversation is (live and not forgotten, the start of
+        `idx_conversations_kept`), which reads and sorts them all (a unary + on the columns)."""
+        plus = "+" if walk_sorted else ""
+        where, args = [f"{plus}{c}._purged_at IS NULL"], []   # forgotten: only ids and times left
         if not self.include_deleted:
-            where.append(f"{c}._deleted_at IS NULL")
+            where.append(f"{plus}{c}._deleted_at IS NULL")
         if self.status:
             where.append(f"{c}.status IN ({_marks(self.status)})")
             args += self.status
@@ -108,9 +113,10 @@ class Filters:
         column = f"{plus}{m}.createdAt"
         return _time_sql(where, args, column, self.since, self.until)
 
-    def conversation_time_sql(self, c: str = "c") -> tuple[list[str], list]:
+    def conversation_time_sql(self, c: str = "c", *,
+                              walk_sorted: bool = False) -> tuple[list[str], list]:
         """Conversation filters plus time (updatedAt) and role (has a message of that role)."""
-        where, args = self.conversation_sql(c)
+        where, args = self.conversation_sql(c, walk_sorted=walk_sorted)
         if self.role:
             where.append(f"EXISTS (SELECT 1 FROM messages r WHERE r.conversationId = {c}.id "
                          f"AND r.role IN ({_marks(self.role)}))")
@@ -589,7 +595,9 @@ def conversations(store: Store, filters: Filters = Filters(), *, sort: str = "up
     if sort not in SORTS:
         raise QueryError(f"unknown sort {sort!r} (use {', '.join(SORTS)})")
     conn = prepare(store)
-    where, args = filters.conversation_time_sql()
+    # a status or surface filter is better served by the covering index (measured at 1 M)
+    where, args = filters.conversation_time_sql(
+        walk_sorted=not (filters.status or filters.surface))
     cur = conn.execute(
         f"SELECT {', '.join('c.' + n for n in LIST_COLUMNS)} FROM conversations c "
         f"WHERE {_where(where)} ORDER BY {SORTS[sort]}, c.id LIMIT ? OFFSET ?",
