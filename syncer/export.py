@@ -242,11 +242,23 @@ def _compute(conn, sql: str, params: list, arrow: list | None) -> tuple[int, obj
     if arrow is None:
         n, text = conn.execute(sql, params).fetchone()
         return n, text or b""
-    with _no_collection():
+    with _no_collection(), _text_as_bytes(conn):
         rows = conn.execute(sql, params).fetchall()
         n, table = len(rows), arrow_table(rows, arrow) if rows else None
         del rows    # gone before collection resumes, so it never scans them
     return n, table
+
+
+@contextlib.contextmanager
+def _text_as_bytes(conn) -> Iterator[None]:
+    """Text values as the UTF-8 bytes SQLite holds, which pyarrow takes as they are: no str
+    is decoded for each value (about 10% of reading a range for Parquet)."""
+    factory = conn.text_factory
+    conn.text_factory = bytes
+    try:
+        yield
+    finally:
+        conn.text_factory = factory
 
 
 @contextlib.contextmanager
