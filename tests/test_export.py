@@ -22,6 +22,9 @@ TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted
 
 def _tricky_text(upstream):
     upstream.add_message(upstream.conversation_ids()[1], 'comma, "quote"\nnew line; tab\t🙂 é')
+    # a NUL ends a value for SQLite's printf and GLOB, which the CSV export uses
+    upstream.add_message(upstream.conversation_ids()[2], 'nul\x00, then a comma')
+    upstream.add_message(upstream.conversation_ids()[2], 'nul\x00 alone é')
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +63,20 @@ def test_csv_round_trip(db, name):
     want = [{k: "" if v is None else str(v) for k, v in r.items()}
             for r in table(db, name, "c._deleted_at IS NULL")]
     assert back == want and n == len(want)
+
+
+@pytest.mark.parametrize("name", ["conversations", "messages"])
+def test_csv_bytes_are_the_csv_modules(db, name):
+    """Byte for byte what Python's csv module writes (QUOTE_MINIMAL, CRLF), NULs included."""
+    _, data = run(db, name, "csv")
+    rows = table(db, name, "c._deleted_at IS NULL")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text, lineterminator="\r\n")
+    writer.writerow(rows[0].keys())
+    writer.writerows(r.values() for r in rows)
+    assert data.decode("utf-8") == text.getvalue()
+    if name == "messages":
+        assert '"nul\x00, then a comma"' in text.getvalue() and "nul\x00 alone" in text.getvalue()
 
 
 @pytest.mark.parametrize("name", ["conversations", "messages"])
