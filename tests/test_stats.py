@@ -160,6 +160,10 @@ SHAPES = [
     Filters(include_deleted=True),
     Filters(include_deleted=True, status=("open",)),
     Filters(participant="no such person"),
+    # most conversations kept: everything less those left out, the test negated
+    Filters(participant="e", include_deleted=True),
+    Filters(participant="example.com", status=("open", "closed", "archived")),
+    Filters(status=("open", "closed", "archived"), role=("user",)),
 ]
 
 
