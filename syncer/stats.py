@@ -101,7 +101,7 @@ class _Scope:
             self.members = "IN (SELECT id FROM temp.stats_kept)"
         else:
             self.members = f"NOT IN (SELECT id FROM {_gone(filters)})"
-        self.whole, self.edges = self._split(self.narrowed and self.short)
+        self.whole, self.edges = self._split(False)
 
     def _keep(self) -> None:
         """The conversations the filters keep, into temp.stats_kept. In a short window, only
@@ -255,13 +255,13 @@ class _Scope:
         out: Counter = Counter()
         if self.whole is not None:
             where, args = self._kept_where(self.whole)
-            left = self._left_out() if self.narrowed else None
+            left = self._left_out() if self.narrowed and not self.short else None
             if left is None and self.narrowed:
                 # grouped by the one column that holds day, role and direction: sorting one
                 # text costs about two thirds of sorting three
                 rows = [(*json.loads(key), n) for key, n in self.conn.execute(
                     "SELECT k.key, sum(k.n) FROM temp.stats_kept i "
-                    f"JOIN _conv_days k ON k.conversationId = i.id WHERE {_where(where)} "
+                    f"CROSS JOIN _conv_days k ON k.conversationId = i.id WHERE {_where(where)} "
                     "GROUP BY k.key", args)]
             else:
                 # everything, less the conversations left out when they are fewer
@@ -321,11 +321,11 @@ class _Scope:
         """SQL of (cid, n): messages in scope per conversation (of the kept ones when
         narrowed; of all when not, the caller leaves the others out). A short window is
         counted from its messages: _conv_days has no index by day."""
-        whole, edges = self._split(self.short)
+        whole, edges = self._split(self.short and not self.narrowed)
         parts, args = [], []
         if whole is not None:
             where, more = self._kept_where(whole)
-            source = ("temp.stats_kept i JOIN _conv_days k ON k.conversationId = i.id"
+            source = ("temp.stats_kept i CROSS JOIN _conv_days k ON k.conversationId = i.id"
                       if self.narrowed else "_conv_days k")
             parts.append(f"SELECT k.conversationId AS cid, sum(k.n) AS n FROM {source} "
                          f"WHERE {_where(where)} GROUP BY 1")
@@ -345,13 +345,13 @@ class _Scope:
         """Participants with the most messages in scope (one participant: one email, or one
         name where there is no email), with how many of their conversations hold them."""
         counts, args = self._per_conversation()
-        whole, edges = self._split(self.short)
+        whole, edges = self._split(self.short and not self.narrowed)
         if self.narrowed and whole is not None and not edges:
             # per kept conversation along stats_kept's key (no sort), its names carried along
             where, args = self._kept_where(whole)
             sql = ("SELECT who, max(name), max(email), sum(n) AS n, count(*) FROM (SELECT "
                    "i.who AS who, i.name AS name, i.email AS email, sum(k.n) AS n FROM "
-                   "temp.stats_kept i JOIN _conv_days k ON k.conversationId = i.id WHERE "
+                   "temp.stats_kept i CROSS JOIN _conv_days k ON k.conversationId = i.id WHERE "
                    f"{_where(where)} GROUP BY i.id) t ")
         elif self.narrowed:
             sql = ("SELECT i.who AS who, max(i.name), max(i.email), sum(t.n) AS n, count(*) "
