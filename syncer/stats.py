@@ -128,10 +128,14 @@ class _Scope:
                               f"WHERE {_where(live + test)}", args + more)
             return
         active, window = _time_sql([], [], "m.createdAt", f.since, f.until)
-        updated, most = _time_sql([], [], "u.updatedAt", f.since, f.until)
+        # those updated in the window, read (with their ids) from the index that also holds
+        # what the filters test but the participant: not looked up row by row
+        updated, most = replace(f, participant=None, role=(), since=None,
+                                until=None).conversation_sql("u")
+        updated, most = _time_sql(updated, most, "u.updatedAt", f.since, f.until)
         counted = (f"SELECT m.conversationId AS id FROM messages m INDEXED BY "
                    f"idx_messages_stats WHERE {_where(active)} UNION SELECT u.id FROM "
-                   f"conversations u WHERE {_where(updated)}")
+                   f"conversations u INDEXED BY idx_conversations_kept WHERE {_where(updated)}")
         if f.participant:
             # the participant test costs more than a look-up: try it on the window's few
             self.conn.execute(f"INSERT INTO temp.stats_kept SELECT {columns} FROM ({counted}) w "
