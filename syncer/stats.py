@@ -122,13 +122,13 @@ class _Scope:
         columns = (f"c.id, {WHO}, c.participantName, c.participantEmail, c.status, "
                    "c.surfaceId, c.updatedAt")
         if not self.short:
+            # status, surface and time are not read from it outside a short window
             source = "conversations c"
+            columns = f"c.id, {WHO}, c.participantName, c.participantEmail, NULL, NULL, NULL"
             if not (f.status or f.surface or f.conversation):
                 # along the index that leads with the id and holds the names: stats_kept is
-                # written in order of its key (a third of the time of writing it out of
-                # order); status, surface and time are not read from it outside a short window
+                # written in order of its key (a third of the time of writing it out of order)
                 source += " INDEXED BY idx_conversations_participant"
-                columns = f"c.id, {WHO}, c.participantName, c.participantEmail, NULL, NULL, NULL"
             self.conn.execute(f"INSERT INTO temp.stats_kept SELECT {columns} FROM {source} "
                               f"WHERE {_where(live + test)}", args + more)
             return
