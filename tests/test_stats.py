@@ -160,14 +160,19 @@ SHAPES = [
     Filters(include_deleted=True),
     Filters(include_deleted=True, status=("open",)),
     Filters(participant="no such person"),
+    # most conversations kept: everything less those left out, the test negated
+    Filters(participant="e", include_deleted=True),
+    Filters(participant="example.com", status=("open", "closed", "archived")),
+    Filters(status=("open", "closed", "archived"), role=("user",)),
 ]
 
 
-@pytest.mark.parametrize("scan_up_to", [0, 10**9], ids=["kept-counts", "message-scan"])
+@pytest.mark.parametrize("scan_up_to", [0, 10**9], ids=["kept-counts", "short-window"])
 @pytest.mark.parametrize("shape", SHAPES, ids=repr)
 def test_every_filter_shape_equals_a_recount(db, monkeypatch, shape, scan_up_to):
-    """Each filter, over whole and part-day windows, read from the kept counts or from the
-    messages (SCAN_UP_TO decides), gives the figures of a recount from the raw rows."""
+    """Each filter, over whole and part-day windows, read over every conversation it keeps or
+    over those the window touches (SCAN_UP_TO decides), gives the figures of a recount from the
+    raw rows."""
     monkeypatch.setattr(stats_module, "SCAN_UP_TO", scan_up_to)
     with _open(db) as store:
         for since, until in WINDOWS:
