@@ -215,7 +215,30 @@ class _Guarded:
         return getattr(self._real, name)
 
 
-class TerminalLine:
+class _Ticking:
+    """Calls `tick` every `every` seconds on a thread of its own between `start` and `stop`;
+    a tick that returns False ends the ticking."""
+    every: float
+
+    def start(self, name: str) -> None:
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(self.every):
+            if self.tick() is False:
+                return
+
+    def tick(self) -> bool | None:
+        raise NotImplementedError
+
+
+class TerminalLine(_Ticking):
     """The live progress line on a terminal's stderr. Use as a context manager; pass `report`
     to the engine as its progress callback."""
 
@@ -226,8 +249,6 @@ class TerminalLine:
         self._lock = threading.RLock()
         self._shown = 0                  # columns of the line now on the screen
         self._at_line_start = True       # nobody else left half a line on the screen
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
         self._guarded = _Guarded(self, self.stream)
         self._handlers: list[logging.StreamHandler] = []
 
@@ -264,12 +285,12 @@ class TerminalLine:
             self.stream.flush()
             self._shown = len(text)
 
-    def _run(self) -> None:
-        while not self._done.wait(self.every):
-            try:
-                self.draw()
-            except OSError:        # the terminal went away: the run goes on without the line
-                return
+    def tick(self) -> bool:
+        try:
+            self.draw()
+        except OSError:        # the terminal went away: the run goes on without the line
+            return False
+        return True
 
     def __enter__(self) -> "TerminalLine":
         sys.stderr = self._guarded
@@ -277,14 +298,11 @@ class TerminalLine:
             if handler.stream is self.stream:
                 handler.setStream(self._guarded)
                 self._handlers.append(handler)
-        self._thread = threading.Thread(target=self._run, name="progress", daemon=True)
-        self._thread.start()
+        self.start("progress")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.stop()
         with self._lock:
             self._wipe()
             self.stream.flush()
@@ -301,7 +319,7 @@ def _stream_handlers() -> list[logging.StreamHandler]:
             if isinstance(h, logging.StreamHandler)]
 
 
-class ProgressLog:
+class ProgressLog(_Ticking):
     """Logs where the run is every `every` seconds while it lasts (the daemon's progress). Use
     as a context manager around the run; pass `report` to the engine."""
 
@@ -309,24 +327,18 @@ class ProgressLog:
         self.log = log
         self.every = every
         self.tally = tally or Tally()
-        self._done = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def report(self, info: dict) -> None:
         self.tally.update(info)
         if info.get("queued"):
             self.log.info("%s", resume_notice(info["queued"], info.get("held_messages")))
 
-    def _run(self) -> None:
-        while not self._done.wait(self.every):
-            self.log.info("%s", summary_text(self.tally.snapshot()))
+    def tick(self) -> None:
+        self.log.info("%s", summary_text(self.tally.snapshot()))
 
     def __enter__(self) -> "ProgressLog":
-        self._thread = threading.Thread(target=self._run, name="progress-log", daemon=True)
-        self._thread.start()
+        self.start("progress-log")
         return self
 
     def __exit__(self, *exc) -> None:
-        self._done.set()
-        if self._thread is not None:
-            self._thread.join()
+        self.stop()
