@@ -321,11 +321,18 @@ def _stats_text(s: dict) -> str:
                                        for i in m["byDirection"]])):
         parts += ["", title, render.bar_chart(items)]
     parts += ["", f"messages per {per} (UTC{', weeks from Monday' if per == 'week' else ''})",
-              render.bar_chart([(b["start"] or "(no time)", b["messages"])
+              render.bar_chart([(_period(b["start"], per), b["messages"])
                                 for b in s["volume"]["buckets"]]),
               "", "busiest participants (messages)",
               render.bar_chart(_participant_labels(s["busiestParticipants"]))]
     return "\n".join(parts)
+
+
+def _period(start: str | None, per: str) -> str:
+    """A bucket's label: its day, the Monday of its week, or its month as YYYY-MM."""
+    if start is None:
+        return "(no time)"
+    return start[:7] if per == "month" else start
 
 
 def _plural(n: int, one: str, many: str | None = None) -> str:
@@ -345,12 +352,13 @@ def _participant_labels(people: list[dict]) -> list[tuple[str, int]]:
     names = [p["participantName"] for p in people]
     out = []
     for p, name in zip(people, names):
+        email = p["participantEmail"]
         if name and names.count(name) == 1:
             label = name
         elif name:
-            label = f"{name} <{p['participantEmail']}>"
+            label = f"{name} <{email}>" if email else f"{name} (no email)"
         else:
-            label = p["participantEmail"]
+            label = email           # one with neither is not counted as anybody
         out.append((label, p["messages"]))
     return out
 

@@ -345,6 +345,9 @@ def test_the_table_says_what_it_counts(db):
     assert f"first response: median {round(want['firstResponse']['medianSeconds'])}s of " \
         f"{turns:,} replies" in text
     assert "messages per month (UTC)" in text
+    months = text.split("messages per month (UTC)\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split()[0] for line in months] == [
+        b["start"][:7] if b["start"] else "(no" for b in want["volume"]["buckets"]]
     assert f"{want['conversations']['total']:,} conversations updated (all time)" in text
     assert f"{want['messages']['total']:,} messages sent" in text
     for s in want["conversations"]["bySurface"]:
@@ -458,3 +461,18 @@ def test_a_new_conversation_refused_part_way_leaves_the_stats_as_they_were(tmp_p
     finally:
         store.close()
     assert_stats_kept(tmp_path / "m.db")
+
+
+def test_participants_who_share_a_name_without_an_email_say_so(tmp_path):
+    """Two people named alike, one without an email: the chart says "(no email)", never
+    "<None>"."""
+    def prepare(upstream):
+        ids = [i for i in upstream.conversation_ids() if upstream.messages_of(i)]
+        upstream.update_conversation(ids[0], participantName="Sam Lee", participantEmail=None)
+        upstream.update_conversation(ids[1], participantName="Sam Lee",
+                                     participantEmail="sam@example.com")
+    db = build_mirror(tmp_path / "m.db", seed=12, conversations=6, prepare=prepare)
+    text = CliRunner().invoke(main, ["--db", str(db), "stats", "--format", "table"]).output
+    busiest = text.split("busiest participants (messages)\n")[1]
+    assert "Sam Lee (no email)" in busiest and "Sam Lee <sam@example.com>" in busiest
+    assert "None" not in busiest
