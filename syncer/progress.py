@@ -216,36 +216,37 @@ class _Guarded:
 
 
 class _Ticking:
-    """Calls `tick` every `every` seconds on a thread of its own between `start` and `stop`;
+    """Calls `tick()` every `every` seconds on a thread of its own, from `start` to `stop`;
     a tick that returns False ends the ticking."""
-    every: float
 
-    def start(self, name: str) -> None:
+    def __init__(self, tick: Callable[[], bool | None], every: float, name: str):
+        self._tick, self._every, self._name = tick, every, name
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
         self._done.set()
-        self._thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
     def _run(self) -> None:
-        while not self._done.wait(self.every):
-            if self.tick() is False:
+        while not self._done.wait(self._every):
+            if self._tick() is False:
                 return
 
-    def tick(self) -> bool | None:
-        raise NotImplementedError
 
-
-class TerminalLine(_Ticking):
+class TerminalLine:
     """The live progress line on a terminal's stderr. Use as a context manager; pass `report`
     to the engine as its progress callback."""
 
     def __init__(self, stream=None, *, tally: Tally | None = None, every: float = REDRAW):
         self.stream = stream or sys.stderr
         self.tally = tally or Tally()
-        self.every = every
+        self._ticking = _Ticking(self.tick, every, "progress")
         self._lock = threading.RLock()
         self._shown = 0                  # columns of the line now on the screen
         self._at_line_start = True       # nobody else left half a line on the screen
@@ -298,11 +299,11 @@ class TerminalLine(_Ticking):
             if handler.stream is self.stream:
                 handler.setStream(self._guarded)
                 self._handlers.append(handler)
-        self.start("progress")
+        self._ticking.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self._ticking.stop()
         with self._lock:
             self._wipe()
             self.stream.flush()
@@ -319,14 +320,14 @@ def _stream_handlers() -> list[logging.StreamHandler]:
             if isinstance(h, logging.StreamHandler)]
 
 
-class ProgressLog(_Ticking):
+class ProgressLog:
     """Logs where the run is every `every` seconds while it lasts (the daemon's progress). Use
     as a context manager around the run; pass `report` to the engine."""
 
     def __init__(self, log: logging.Logger, every: float, *, tally: Tally | None = None):
         self.log = log
-        self.every = every
         self.tally = tally or Tally()
+        self._ticking = _Ticking(self.tick, every, "progress-log")
 
     def report(self, info: dict) -> None:
         self.tally.update(info)
@@ -337,8 +338,8 @@ class ProgressLog(_Ticking):
         self.log.info("%s", summary_text(self.tally.snapshot()))
 
     def __enter__(self) -> "ProgressLog":
-        self.start("progress-log")
+        self._ticking.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self._ticking.stop()

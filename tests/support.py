@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import select
 import sqlite3
 from collections import Counter
 
@@ -234,3 +236,23 @@ def assert_stats_kept(db_path) -> None:
         "SELECT conversationId, day, role, direction, n FROM _conv_days")} == Counter(
         (m[1], m[2] and m[2][:10], m[3], m[4]) for m in msgs)
     conn.close()
+
+
+def read_terminal(master: int, when=None) -> bytes:
+    """Everything written to a pseudo-terminal's other side until the child closes it (no
+    output for 60 s fails the test). `when(text_so_far)` is called as output arrives."""
+    raw = b""
+    while True:
+        ready, _, _ = select.select([master], [], [], 60)
+        assert ready, "no output for 60s"
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:          # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+        if when:
+            when(raw.decode(errors="replace"))
+    os.close(master)
+    return raw

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from support import KEY, build_mirror
+from support import KEY, build_mirror, read_terminal
 
 from syncer import render
 from syncer.cli import main
@@ -36,16 +36,7 @@ def on_terminal(*args, columns=100, lines=24, **env_extra):
     with subprocess.Popen([sys.executable, "-m", "syncer", *args], stdout=slave,
                           stderr=subprocess.PIPE, stdin=slave, env=env) as proc:
         os.close(slave)
-        out = b""
-        while True:
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:          # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            out += chunk
-        os.close(master)
+        out = read_terminal(master)
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=60)
     return out.decode().replace("\r\n", "\n"), err, code

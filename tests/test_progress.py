@@ -6,14 +6,13 @@ import json
 import os
 import pty
 import re
-import select
 import signal
 import subprocess
 import sys
 import threading
 
 import pytest
-from support import process_env, wait_for
+from support import process_env, read_terminal, wait_for
 
 from syncer.progress import Tally, line
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -32,20 +31,7 @@ def on_terminal(args, env, *, columns=80, when=None):
     with subprocess.Popen([sys.executable, "-m", "syncer", *args], stderr=slave,
                           stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env) as proc:
         os.close(slave)
-        raw = b""
-        while True:
-            ready, _, _ = select.select([master], [], [], 60)
-            assert ready, "no output for 60s"
-            try:
-                chunk = os.read(master, 65536)
-            except OSError:          # EIO: the child closed the terminal
-                break
-            if not chunk:
-                break
-            raw += chunk
-            if when:
-                when(raw.decode(errors="replace"), proc)
-        os.close(master)
+        raw = read_terminal(master, when and (lambda text: when(text, proc)))
         out = proc.stdout.read().decode()
         code = proc.wait(timeout=60)
     return raw.decode(), out, code
