@@ -3,9 +3,8 @@
 Columns are the table's own (see migrations.py) less `_raw` and `_list_sig`, in table order;
 rows are in storage (rowid) order.
 
-- CSV: a header line; NULL is an empty field; JSON fields as JSON text; fields quoted as
-  Python's csv module does (only those holding a comma, a double quote or a line break), lines
-  ended by CRLF.
+- CSV: a header line; every text field quoted (an empty text is "", NULL an empty field);
+  counts and timestamps unquoted; JSON fields as JSON text; lines ended by CRLF.
 - JSONL: one object per line, built by SQLite's json_object(); JSON fields as nested objects.
 - Parquet (needs the `parquet` extra, pyarrow): timestamps as timestamp[us, UTC], counts as
   int64, JSON fields as JSON text strings, everything else as strings.
@@ -16,11 +15,13 @@ SQLite builds the text: each range of rows (by rowid, or by change sequence for 
 feed.py) is one query that returns the lines of the range as one value, and Python only moves
 those blocks. For Parquet, each range's rows become an Arrow table with one pyarrow call per
 column (cheaper than having SQLite write JSON for pyarrow to parse), written in row groups of
-ROW_GROUP rows. Memory stays flat whatever the size. A large export is shared with up to
-WORKERS helper processes (`python -c`, each with its own read-only connection), which read the
-same snapshot as the exporter (they check the change counter, which every write of either
-table moves; a helper that finds another snapshot is not used) and hand their ranges back in
-order over a pipe (Parquet ranges as Arrow IPC).
+ROW_GROUP rows. Memory stays flat whatever the size. A large export's ranges are read by
+WORKERS helper processes (`python -c`, each with its own read-only connection), one per core,
+while the exporter only writes (moving the blocks costs it a core's fifth for text; for
+Parquet the writer is a third of the work). The helpers read the same snapshot as the
+exporter (they check the change counter, which every write of either table moves; a helper
+that finds another snapshot is not used, and the exporter reads its ranges itself) and hand
+their ranges back in order over a pipe (Parquet ranges as Arrow IPC).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import SyncerError
+from .migrations import holds_nul
 from .query import HIDDEN, Filters, _where, prepare
 from .transform import JSON_FIELDS
 
@@ -45,9 +47,12 @@ if TYPE_CHECKING:
 FORMATS = ("csv", "jsonl", "parquet")
 TABLES = ("conversations", "messages")
 TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"})
+REPEATED = frozenset({"conversationId", "role", "direction", "metadata", "status", "surfaceId",
+                      "timezone", "surface", "participantMetadata"})   # few distinct values
 RANGE = 5_000        # rowids (or change sequence numbers) per query
 ROW_GROUP = 25_000    # Parquet rows per row group: the writer holds one (peak RSS, BENCHMARKS.md)
-WORKERS = max(0, min(3, (os.cpu_count() or 1) - 1))   # helper processes besides this one
+CORES = os.cpu_count() or 1
+WORKERS = min(4, CORES) if CORES > 1 else 0   # helper processes (one core: the exporter alone)
 PARALLEL_FROM = 20    # ranges: below this, starting helpers costs more than they save
 _FRAME = struct.Struct("<qq")    # rows and bytes of a range (first: 0 and the change counter)
 
@@ -106,52 +111,52 @@ def check_format(fmt: str) -> None:
 
 
 # -- one row as text, built by SQLite ----------------------------------------------------------
-def _csv_text(expr: str, name: str) -> tuple[str, str]:
-    """(whether, quoted): SQL testing whether a text field needs quoting, and the field
-    quoted. GLOB walks the text once per character sought; instr, which compares at every
-    byte, costs about a third more here."""
-    sought = ["'\"'", "','"] if name in JSON_FIELDS else ["','", "'\"'"]   # likeliest first
-    sought += ["char(10)", "char(13)"]
-    return (" OR ".join(f"{expr} GLOB '*' || {c} || '*'" for c in sought),
-            f"'\"' || replace({expr}, '\"', '\"\"') || '\"'")
-
-
-def csv_line(cols: list[tuple[str, str]], expr) -> str:
-    """SQL for one CSV line as Python's csv module writes it (QUOTE_MINIMAL: a field holding
-    a comma, a double quote or a line break is quoted; NULL is empty). Counts and timestamps
-    (normalised by transform.py) never need quotes. The line is one printf() call, about a
-    third cheaper than joining fields with `||` (each join allocates). printf's %s and GLOB
-    both end a value at a NUL, so a row with a NUL in a text field is built with `||` and
-    instr instead; the test is cheap as only then (or for non-ASCII text) is a value's length
-    in characters, which stops at a NUL, below its length in bytes."""
-    fast, exact, nul = [], [], []
+def csv_line(cols: list[tuple[str, str]], expr, nul: bool = True) -> str:
+    """SQL for one CSV line: counts and timestamps (normalised by transform.py) as they are,
+    as they never need quotes; every text field in double quotes, its own doubled, so that an
+    empty text ("") and NULL (an empty field) stay apart for readers that tell them apart
+    (Postgres' COPY, DuckDB with allow_quoted_nulls = false). The line is one printf() call,
+    text quoted by its %w: each `||` join would allocate, and testing whether a field needs
+    quotes cost more than quoting it (BENCHMARKS.md). printf ends a value at a NUL, so where
+    the table may hold one (`nul`, see `may_hold_nul`) a row with a NUL in a text field is
+    built with `||` and replace() instead."""
+    pieces, values, exact, tested = [], [], [], []
     for name, kind in cols:
         x = expr(name)
         if kind == "INTEGER" or name in TIMESTAMPS:
-            fast.append(x)
+            pieces.append("%s")
+            values.append(x)
             exact.append(f"coalesce({x}, '')")
             continue
-        whether, quoted = _csv_text(x, name)
-        fast.append(f"iif({whether}, {quoted}, {x})")
-        instr = " OR ".join(f"instr({x}, {c})" for c in ("','", "'\"'", "char(10)", "char(13)"))
-        exact.append(f"iif({instr}, {quoted}, coalesce({x}, ''))")
+        quote = f"iif({x} IS NULL, '', '\"')"
+        pieces.append("%s%w%s")
+        values += [quote, f"coalesce({x}, '')", quote]
+        exact.append(f"iif({x} IS NULL, '', '\"' || replace({x}, '\"', '\"\"') || '\"')")
         if name not in JSON_FIELDS:    # JSON text (transform.py) escapes every control character
-            nul.append(f"(length({x}) < length(CAST({x} AS BLOB)) AND instr({x}, char(0)))")
-    line = "printf('" + ",".join(["%s"] * len(cols)) + "', " + ", ".join(fast) + ")"
-    if not nul:
+            tested.append(name)
+    line = "printf('" + ",".join(pieces) + "', " + ", ".join(values) + ")"
+    if not (nul and tested):
         return line
     joined = " || ',' || ".join(exact)
-    return f"iif({' OR '.join(nul)}, {joined}, {line})"
+    return f"iif({holds_nul(map(expr, tested))}, {joined}, {line})"
 
 
-def select_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "") -> str:
+def may_hold_nul(conn, table: str) -> bool:
+    """Whether a text field of `table` may hold a NUL, in the caller's snapshot: the triggers
+    of migrations.V8 name such a table in _text_nul. Testing every row costs about a quarter
+    of a CSV export, for a character real text hardly ever holds."""
+    return conn.execute("SELECT 1 FROM _text_nul WHERE tbl = ?", (table,)).fetchone() is not None
+
+
+def select_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "",
+               nul: bool = True) -> str:
     """The select list of one row of `cols`, `expr(name)` being each column's value: the CSV
-    or JSON text of the row as `line`, or for Parquet the values themselves (`extra`, a value
-    after them for the writer's own use)."""
+    (`nul`: see csv_line) or JSON text of the row as `line`, or for Parquet the values
+    themselves (`extra`, a value after them for the writer's own use)."""
     if fmt == "parquet":
         return ", ".join([f"{expr(name)} AS {name}" for name, _ in cols] + [extra] * bool(extra))
     if fmt == "csv":
-        return csv_line(cols, expr) + " AS line"
+        return csv_line(cols, expr, nul) + " AS line"
     pairs = ", ".join(f"'{name}', " + (f"json({expr(name)})" if name in JSON_FIELDS
                                        else expr(name)) for name, _ in cols)
     return f"json_object({pairs}) AS line"
@@ -167,16 +172,19 @@ def range_sql(rows_sql: str, fmt: str) -> str:
             f"FROM ({rows_sql})")
 
 
-def _rows_sql(table: str, fmt: str, cols, filters: Filters) -> tuple[str, list, bool]:
+def _rows_sql(table: str, fmt: str, cols, filters: Filters,
+              nul: bool) -> tuple[str, list, bool]:
     """Query of the lines of one rowid range (the last two `?`) of a whole-table export, and
     whether to split the table into ranges: a whole table is read in rowid order, range by
     range; a filtered export is one range, for SQLite to use its indexes."""
     alias = "c" if table == "conversations" else "m"
-    line = select_sql(fmt, cols, lambda name: f"{alias}.{name}")
+    line = select_sql(fmt, cols, lambda name: f"{alias}.{name}", nul=nul)
     bounds = f"{alias}.rowid >= ? AND {alias}.rowid < ? ORDER BY {alias}.rowid"
     whole = filters == Filters()
     if table == "conversations":
-        where, args = filters.conversation_time_sql()
+        # walked by rowid: kept off idx_conversations_kept, which would read every
+        # conversation (and sort them) for each range
+        where, args = filters.conversation_time_sql(walk_sorted=whole)
         return (f"SELECT {line} FROM conversations c WHERE {_where(where)} "
                 f"AND {bounds}"), args, whole
     if whole:
@@ -213,22 +221,22 @@ def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pai
     each range comes as an Arrow table built where it was read. The store's connection must be
     in a read transaction (the snapshot the helpers must match)."""
     conn = store.conn
-    count = min(WORKERS, len(spans) - 1) if len(spans) >= PARALLEL_FROM else 0
+    count = min(WORKERS, len(spans)) if len(spans) >= PARALLEL_FROM else 0
     helpers: list[subprocess.Popen | None] = []
     try:
         job = {"path": store.path, "sql": sql, "args": args, "pairs": pairs, "arrow": arrow}
-        helpers = [_start_helper(job, spans[k + 1::count + 1]) for k in range(count)]
+        helpers = [_start_helper(job, spans[k::count]) for k in range(count)]
         expected = head(conn) if helpers else None
         for k, helper in enumerate(helpers):
             if helper and _read_head(helper) != expected:    # another snapshot: not used
                 helpers[k] = _stop(helper)
         for i, (lo, hi) in enumerate(spans):
-            slot = i % (count + 1)
+            k = i % count if count else None
             block = None
-            if slot and helpers[slot - 1]:
-                block = _read_block(helpers[slot - 1], arrow)
+            if k is not None and helpers[k]:
+                block = _read_block(helpers[k], arrow)
                 if block is None:         # it stopped: the rest of its spans are done here
-                    helpers[slot - 1] = _stop(helpers[slot - 1])
+                    helpers[k] = _stop(helpers[k])
             if block is None:
                 block = _compute(conn, sql, [*args, *(lo, hi) * pairs], arrow)
             yield block
@@ -356,11 +364,11 @@ def export(store: Store, table: str, fmt: str, out: BinaryIO,
     check_format(fmt)
     conn = prepare(store)
     cols = columns(store, table)
-    sql, args, split = _rows_sql(table, fmt, cols, filters)
     opened = not conn.in_transaction
     if opened:
         conn.execute("BEGIN")    # one snapshot for every range
     try:
+        sql, args, split = _rows_sql(table, fmt, cols, filters, may_hold_nul(conn, table))
         low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
         spans = [] if low is None else ranges(low, high) if split else [(low, high + 1)]
         with contextlib.closing(blocks(store, range_sql(sql, fmt), args, spans,
@@ -402,26 +410,38 @@ def memory_pool():
 def arrow_table(rows: list[tuple], cols: list):
     """An Arrow table of rows whose first values are `cols` (as `columns` gives them, plus
     `_month` where partitioned, feed.py): one pyarrow call per column, nothing per value in
-    Python; timestamps parsed by Arrow."""
+    Python; timestamps parsed by Arrow. Text comes as UTF-8 bytes (see `_text_as_bytes`),
+    taken as binary and checked as UTF-8 in one pass per column: building strings checks
+    each value on its own, several times slower."""
     import pyarrow as pa
     schema = parquet_schema(cols)
     pool = memory_pool()
     arrays = []
     for field, values in zip(schema, zip(*rows)):   # the columns, transposed in C
-        if pa.types.is_timestamp(field.type):
-            arrays.append(pa.array(values, pa.string(), memory_pool=pool)
-                          .cast(field.type, memory_pool=pool))
-        else:
+        if pa.types.is_integer(field.type):
             arrays.append(pa.array(values, field.type, memory_pool=pool))
+            continue
+        text = pa.array(values, pa.binary(), memory_pool=pool).view(pa.string())
+        text.validate(full=True)
+        arrays.append(text.cast(field.type, memory_pool=pool)
+                      if pa.types.is_timestamp(field.type) else text)
     return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def parquet_writer(out: BinaryIO, schema):
+    """zstd; dictionary encoding only for the columns whose values repeat (REPEATED): for
+    ids, text and timestamps a dictionary is built in vain, about a third of the writer's
+    time (BENCHMARKS.md)."""
+    import pyarrow.parquet as pq
+    return pq.ParquetWriter(out, schema, compression="zstd", memory_pool=memory_pool(),
+                            use_dictionary=[name for name in schema.names if name in REPEATED])
 
 
 def write_parquet(out: BinaryIO, schema, parts) -> int:
     """Row groups of about ROW_GROUP rows; at most that many held at once."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
     n = 0
-    with pq.ParquetWriter(out, schema, compression="zstd", memory_pool=memory_pool()) as writer:
+    with parquet_writer(out, schema) as writer:
         pending, held = [], 0
         for rows, table in parts:
             if rows:

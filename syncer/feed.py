@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
-                     head, memory_pool, parquet_schema, range_sql, ranges, select_sql)
+                     head, may_hold_nul, memory_pool, parquet_schema, parquet_writer,
+                     range_sql, ranges, select_sql)
 from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,7 @@ def feed_columns(store: Store, table: str) -> list[tuple[str, str]]:
 
 
 def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
-                 partition_by: str | None) -> str:
+                 partition_by: str | None, nul: bool) -> str:
     """(rows, text) of the live rows and tombstones of one `_seq` range (two pairs of `?`), in
     `_seq` order; ids are live or tombstoned, never both (migrations.V3), so each id appears
     once. Partitioned Parquet rows carry their month as `_month`."""
@@ -210,9 +211,9 @@ def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
     def month(alias: str) -> str:
         return f"substr({alias}.createdAt, 1, 7) AS _month" if partition_by else ""
     return range_sql(
-        f"SELECT {select_sql(fmt, cols, live, month('t'))}, t._seq AS s FROM {table} t "
+        f"SELECT {select_sql(fmt, cols, live, month('t'), nul)}, t._seq AS s FROM {table} t "
         f"WHERE t._seq >= ? AND t._seq < ? UNION ALL "
-        f"SELECT {select_sql(fmt, cols, dead, month('d'))}, d._seq FROM _deleted_rows d "
+        f"SELECT {select_sql(fmt, cols, dead, month('d'), nul)}, d._seq FROM _deleted_rows d "
         f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY s", fmt)
 
 
@@ -276,8 +277,7 @@ def _write_parquet(parts, root: Path, name: str, cols, partition_by: str | None,
         if key not in writers:
             where = root / f"createdAt_month={key}" if partition_by else root
             files.append(_File(where / name))
-            writers[key] = pq.ParquetWriter(files[-1].out, schema, compression="zstd",
-                                            memory_pool=memory_pool())
+            writers[key] = parquet_writer(files[-1].out, schema)
         writers[key].write_table(pa.concat_tables(pending.pop(key), memory_pool=memory_pool()))
 
     try:
@@ -333,8 +333,9 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
             name = f"part-{top:012d}.{EXTENSIONS[fmt]}"
             arrow = (cols + [("_month", "TEXT")] * bool(partition_by)) if fmt == "parquet" \
                 else None
-            parts = contextlib.closing(blocks(store, _changes_sql(table, cols, fmt, partition_by),
-                                              [], ranges(start + 1, top), pairs=2, arrow=arrow))
+            sql = _changes_sql(table, cols, fmt, partition_by, may_hold_nul(conn, table))
+            parts = contextlib.closing(blocks(store, sql, [], ranges(start + 1, top), pairs=2,
+                                              arrow=arrow))
             files: list[_File] = []
             try:
                 with parts as changes:

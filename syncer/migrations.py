@@ -478,7 +478,59 @@ CONVERSATION_STATS = [
        WHERE role = 'user' AND prev IS NOT 'user' AND reply IS NOT NULL""",
 ]
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7]
+# The text columns of each table that the CSV export builds with printf(), which ends a value
+# at a NUL (export.csv_line); JSON text escapes its control characters. The triggers name a
+# table in _text_nul once a write puts a NUL in one of them, and only then does the export
+# test each row for one. The mark stays: a later write may remove that NUL, but finding out
+# would cost the scan the mark saves.
+NUL_TEXT = {
+    "messages": ("id", "conversationId", "role", "direction", "content", "externalMessageId",
+                 "flowStepResultId"),
+    "conversations": ("id", "status", "subject", "participantName", "participantEmail",
+                      "externalParticipantId", "externalThreadId", "surfaceId", "timezone",
+                      "_purged_at"),
+}
+
+
+def holds_nul(values) -> str:
+    """SQL: whether one of the text `values` (SQL expressions) holds a NUL. length() counts
+    characters up to a NUL: below the length in bytes only then, or for non-ASCII text,
+    which alone pays for instr()."""
+    return " OR ".join(f"(length({x}) < length(CAST({x} AS BLOB)) AND instr({x}, char(0)))"
+                       for x in values)
+
+
+def _holds_nul(row: str, columns) -> str:
+    return holds_nul(f"{row}.{c}" for c in columns)
+
+
+def _nul_triggers(table: str) -> str:
+    mark = f"INSERT OR IGNORE INTO _text_nul (tbl) VALUES ('{table}');"
+    return "".join(f"""
+DROP TRIGGER IF EXISTS {table}_nul_{name};
+CREATE TRIGGER {table}_nul_{name} AFTER {event} ON {table}
+WHEN {_holds_nul("NEW", NUL_TEXT[table])}
+BEGIN {mark} END;""" for name, event in (("insert", "INSERT"),
+                                         ("update", f"UPDATE OF {', '.join(NUL_TEXT[table])}")))
+
+
+V8 = f"""
+CREATE TABLE IF NOT EXISTS _text_nul (tbl TEXT PRIMARY KEY) WITHOUT ROWID;
+INSERT OR IGNORE INTO _text_nul (tbl)
+SELECT 'messages' WHERE EXISTS (SELECT 1 FROM messages t
+                                WHERE {_holds_nul("t", NUL_TEXT["messages"])})
+    OR EXISTS (SELECT 1 FROM _deleted_rows t WHERE t.tbl = 'messages'
+               AND ({_holds_nul("t", ("id", "conversationId"))}));
+INSERT OR IGNORE INTO _text_nul (tbl)
+SELECT 'conversations' WHERE EXISTS (SELECT 1 FROM conversations t
+                                     WHERE {_holds_nul("t", NUL_TEXT["conversations"])})
+    OR EXISTS (SELECT 1 FROM _deleted_rows t WHERE t.tbl = 'conversations'
+               AND ({_holds_nul("t", ("id",))}));
+{_nul_triggers("messages")}
+{_nul_triggers("conversations")}
+"""
+
+MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8]
 LATEST = len(MIGRATIONS)
 
 

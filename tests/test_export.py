@@ -2,16 +2,20 @@
 import csv
 import io
 import json
+import shutil
 import sqlite3
 import sys
 from datetime import datetime
+from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 from support import build_mirror, read_store
 
+from syncer import migrations
 from syncer.cli import main
 from syncer.export import ExportError, export
 from syncer.query import Filters
@@ -22,7 +26,8 @@ TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted
 
 def _tricky_text(upstream):
     upstream.add_message(upstream.conversation_ids()[1], 'comma, "quote"\nnew line; tab\t🙂 é')
-    # a NUL ends a value for SQLite's printf and GLOB, which the CSV export uses
+    upstream.add_message(upstream.conversation_ids()[1], '')    # empty, not NULL
+    # a NUL ends a value for SQLite's printf, which the CSV export uses
     upstream.add_message(upstream.conversation_ids()[2], 'nul\x00, then a comma')
     upstream.add_message(upstream.conversation_ids()[2], 'nul\x00 alone é')
 
@@ -65,18 +70,122 @@ def test_csv_round_trip(db, name):
     assert back == want and n == len(want)
 
 
+def csv_field(name, value):
+    """The CSV export's form of a value: text quoted (quotes doubled), NULL an empty field."""
+    if value is None:
+        return ""
+    if isinstance(value, int) or name in TIMESTAMPS:
+        return str(value)
+    return '"' + value.replace('"', '""') + '"'
+
+
 @pytest.mark.parametrize("name", ["conversations", "messages"])
-def test_csv_bytes_are_the_csv_modules(db, name):
-    """Byte for byte what Python's csv module writes (QUOTE_MINIMAL, CRLF), NULs included."""
+def test_csv_bytes_quote_every_text_and_leave_null_empty(db, name):
+    """Byte for byte: every text field quoted, counts and timestamps not, NULL empty, lines
+    ended by CRLF, NULs included (a NUL ends a value for printf, which builds the lines)."""
     _, data = run(db, name, "csv")
     rows = table(db, name, "c._deleted_at IS NULL")
-    text = io.StringIO(newline="")
-    writer = csv.writer(text, lineterminator="\r\n")
-    writer.writerow(rows[0].keys())
-    writer.writerows(r.values() for r in rows)
-    assert data.decode("utf-8") == text.getvalue()
+    want = ",".join(rows[0]) + "\r\n" + "".join(
+        ",".join(csv_field(k, v) for k, v in r.items()) + "\r\n" for r in rows)
+    assert data.decode("utf-8") == want
     if name == "messages":
-        assert '"nul\x00, then a comma"' in text.getvalue() and "nul\x00 alone" in text.getvalue()
+        assert '"nul\x00, then a comma"' in want and '"nul\x00 alone é"' in want
+        assert ',"",' in want and ',,' in want
+
+
+@pytest.mark.parametrize("name", ["conversations", "messages"])
+def test_duckdb_reads_the_csv_back_with_null_and_empty_text_apart(db, name):
+    """A real reader that tells a quoted empty field from an empty one (as Postgres' COPY
+    does) reads the export back as the table: NULL stays NULL and '' stays ''."""
+    _, data = run(db, name, "csv")
+    path = Path(db).with_name(f"{name}.csv")
+    path.write_bytes(data)
+    rows = table(db, name, "c._deleted_at IS NULL")
+    types = {k: "BIGINT" if any(isinstance(r[k], int) for r in rows) else "VARCHAR"
+             for k in rows[0]}
+    read = duckdb.sql(f"SELECT * FROM read_csv('{path}', header = true, "
+                      f"allow_quoted_nulls = false, columns = {types!r})")
+    got = [dict(zip(read.columns, row)) for row in read.fetchall()]
+    assert got == rows
+    if name == "messages":
+        assert any(r["content"] == "" for r in got) and any(r["direction"] is None for r in got)
+
+
+def test_without_a_nul_the_lines_are_built_without_testing_for_one(db, tmp_path):
+    """A mirror whose tables hold no NUL (none named in _text_nul) is exported with the
+    plain printf line, and the bytes are the same: quotes, line breaks, empty text, emoji."""
+    plain = tmp_path / "plain.db"
+    shutil.copyfile(db, plain)
+    conn = sqlite3.connect(plain)
+    assert {t for (t,) in conn.execute("SELECT tbl FROM _text_nul")} == {"messages"}
+    conn.execute("DELETE FROM messages WHERE instr(content, char(0))")
+    conn.execute("DELETE FROM _text_nul")
+    conn.commit()
+    conn.close()
+    for name in ("conversations", "messages"):
+        rows = table(str(plain), name, "c._deleted_at IS NULL")
+        want = ",".join(rows[0]) + "\r\n" + "".join(
+            ",".join(csv_field(k, v) for k, v in r.items()) + "\r\n" for r in rows)
+        assert run(str(plain), name, "csv")[1].decode() == want
+        assert '"comma, ""quote""\nnew line; tab\t🙂 é"' in want or name == "conversations"
+
+
+def test_nul_text_names_every_text_column_the_csv_line_prints():
+    """migrations.NUL_TEXT, whose triggers mark a table, must cover every column csv_line
+    builds with printf (text that is not JSON): else a NUL there would end its value."""
+    conn = sqlite3.connect(":memory:")
+    migrations.migrate(conn)
+    for name, listed in migrations.NUL_TEXT.items():
+        printed = [c for _, c, kind, *_ in conn.execute(f"PRAGMA table_info({name})")
+                   if kind == "TEXT" and c not in TIMESTAMPS | JSON_FIELDS
+                   and c not in ("_raw", "_list_sig")]
+        assert list(listed) == printed
+
+
+@pytest.mark.parametrize("name", sorted(migrations.NUL_TEXT))
+def test_a_nul_written_in_any_text_column_marks_its_table(name):
+    """Every insert or update that puts a NUL in one of the table's printed text columns names
+    the table in _text_nul, in the same transaction; writes without one do not."""
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    migrations.migrate(conn)
+    required = ("id", "_raw", "_synced_at") + (("conversationId",) if name == "messages" else ())
+
+    def marked():
+        return conn.execute("SELECT count(*) FROM _text_nul WHERE tbl = ?", (name,)).fetchone()[0]
+
+    for n, column in enumerate(migrations.NUL_TEXT[name]):
+        conn.execute("DELETE FROM _text_nul")
+        cols = dict.fromkeys(required, f"r{n}") | {column: "plain é"}
+        conn.execute(f"INSERT INTO {name} ({', '.join(cols)}) VALUES "
+                     f"({', '.join('?' * len(cols))})", list(cols.values()))
+        assert not marked(), column
+        conn.execute(f"UPDATE {name} SET {column} = ? WHERE {column} = 'plain é'", ("a\x00é",))
+        assert marked(), column
+        conn.execute("DELETE FROM _text_nul")
+        cols = dict.fromkeys(required, f"s{n}") | {column: "b\x00"}
+        conn.execute(f"INSERT INTO {name} ({', '.join(cols)}) VALUES "
+                     f"({', '.join('?' * len(cols))})", list(cols.values()))
+        assert marked(), column
+
+
+def test_the_migration_marks_a_mirror_that_already_holds_a_nul(tmp_path):
+    """Upgrading a version-7 mirror looks for NULs already held, in rows and tombstones."""
+    for where in ("messages", "tombstone", "none"):
+        conn = sqlite3.connect(tmp_path / f"{where}.db", isolation_level=None)
+        for version, script in enumerate(migrations.MIGRATIONS[:7], start=1):
+            conn.executescript(f"BEGIN; {script}; PRAGMA user_version = {version}; COMMIT;")
+        conn.execute("PRAGMA application_id = %d" % migrations.APPLICATION_ID)
+        conn.execute("INSERT INTO conversations (id, _raw, _synced_at) VALUES ('c', '{}', 'x')")
+        content = "a\x00b" if where == "messages" else "ab"
+        conn.execute("INSERT INTO messages (id, conversationId, content, _raw, _synced_at) "
+                     "VALUES (?, 'c', ?, '{}', 'x')", ("m\x00" if where == "tombstone" else "m",
+                                                       content))
+        if where == "tombstone":
+            conn.execute("DELETE FROM messages")
+        migrations.migrate(conn)
+        got = [t for (t,) in conn.execute("SELECT tbl FROM _text_nul")]
+        assert got == ([] if where == "none" else ["messages"]), where
+        conn.close()
 
 
 @pytest.mark.parametrize("name", ["conversations", "messages"])

@@ -355,7 +355,7 @@ def test_a_second_export_delivers_only_what_changed(synced, tmp_path):
     parts = sorted(feed.glob("part-*.csv"))
     assert len(parts) == 2
     lines = parts[1].read_text().splitlines()
-    assert len(lines) == 2 and lines[1].startswith(f"{cid},") and "changed" in lines[1]
+    assert len(lines) == 2 and lines[1].startswith(f'"{cid}",') and "changed" in lines[1]
     assert "_seq" in lines[0].split(",") and "_raw" not in lines[0]
 
 
