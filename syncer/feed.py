@@ -210,11 +210,13 @@ def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
 
     def month(alias: str) -> str:
         return f"substr({alias}.createdAt, 1, 7) AS _month" if partition_by else ""
+    # a text row is one `line`: its order needs the sequence beside it (Parquet rows hold it)
+    live_seq, dead_seq = ("", "") if fmt == "parquet" else (", t._seq AS _seq", ", d._seq")
     return range_sql(
-        f"SELECT {select_sql(fmt, cols, live, month('t'), nul)}, t._seq AS s FROM {table} t "
+        f"SELECT {select_sql(fmt, cols, live, month('t'), nul)}{live_seq} FROM {table} t "
         f"WHERE t._seq >= ? AND t._seq < ? UNION ALL "
-        f"SELECT {select_sql(fmt, cols, dead, month('d'), nul)}, d._seq FROM _deleted_rows d "
-        f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY s", fmt)
+        f"SELECT {select_sql(fmt, cols, dead, month('d'), nul)}{dead_seq} FROM _deleted_rows d "
+        f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY _seq", fmt)
 
 
 def columns_of_tombstone() -> list[tuple[str, str]]:
