@@ -340,14 +340,16 @@ def _help() -> None:
     conn.execute("BEGIN")
     sender = _Sender() if job["arrow"] else None
     send = sender.put if sender else _send
-    send((0, head(conn), b""))
-    for lo, hi in job["spans"]:
-        n, data = _compute(conn, job["sql"], [*job["args"], *(lo, hi) * job["pairs"]],
-                           job["arrow"])
-        text = _ipc(data) if job["arrow"] and n else data or b""
-        send((n, len(text), text))
-    if sender:
-        sender.close()
+    try:
+        send((0, head(conn), b""))
+        for lo, hi in job["spans"]:
+            n, data = _compute(conn, job["sql"], [*job["args"], *(lo, hi) * job["pairs"]],
+                               job["arrow"])
+            text = _ipc(data) if job["arrow"] and n else data or b""
+            send((n, len(text), text))
+    finally:     # what was read is sent; then the helper ends, even after an error
+        if sender:
+            sender.close()
 
 
 def _send(frame: tuple[int, int, object]) -> None:
@@ -365,7 +367,7 @@ class _Sender:
 
     def __init__(self) -> None:
         self.outbox: queue.Queue = queue.Queue(maxsize=2)
-        self.thread = threading.Thread(target=self._run)
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def put(self, frame: tuple[int, int, object]) -> None:
