@@ -30,6 +30,7 @@ import gc
 import json
 import os
 import queue
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -165,12 +166,12 @@ def select_sql(fmt: str, cols: list[tuple[str, str]], expr, extra: str = "",
     return f"json_object({pairs}) AS line"
 
 
-def range_sql(rows_sql: str, fmt: str) -> str:
-    """The query of one range: for text, the `line`s of `rows_sql` (in its order) as one value,
-    (rows, text); for Parquet, `rows_sql` itself."""
-    if fmt == "parquet":
-        return rows_sql
-    end = "char(13) || char(10)" if fmt == "csv" else "char(10)"
+LINE_ENDS = {"csv": "\r\n", "jsonl": "\n"}
+
+
+def _joined_sql(rows_sql: str, fmt: str) -> str:
+    """(rows, text): the `line`s of `rows_sql` (in its order) as one value."""
+    end = " || ".join(f"char({ord(c)})" for c in LINE_ENDS[fmt])
     return (f"SELECT count(*), CAST(group_concat(line, {end}) || {end} AS BLOB) "
             f"FROM ({rows_sql})")
 
@@ -217,17 +218,18 @@ def head(conn) -> int:
 
 
 # -- ranges computed here and by helper processes ----------------------------------------------
-def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pairs: int = 1,
-           arrow: list | None = None) -> Iterator[tuple[int, bytes]]:
-    """(rows, text) of `sql` for each span, in order; `sql` takes `args` then each span's
-    bounds `pairs` times. With `arrow` (the columns, see `arrow_table`), `sql` gives rows, and
-    each range comes as an Arrow table built where it was read. The store's connection must be
-    in a read transaction (the snapshot the helpers must match)."""
+def blocks(store: Store, sql: str, fmt: str, args: list, spans: list[tuple[int, int]],
+           pairs: int = 1, arrow: list | None = None) -> Iterator[tuple[int, object]]:
+    """(rows, text) blocks of `sql` (rows of `fmt`: a `line` each for text) span by span, in
+    order; `sql` takes `args` then each span's bounds `pairs` times. With `arrow` (the
+    columns, see `arrow_table`), each block is an Arrow table built where it was read. The
+    store's connection must be in a read transaction (the snapshot the helpers must match)."""
     conn = store.conn
     count = min(WORKERS, len(spans)) if len(spans) >= PARALLEL_FROM else 0
     helpers: list[subprocess.Popen | None] = []
     try:
-        job = {"path": store.path, "sql": sql, "args": args, "pairs": pairs, "arrow": arrow}
+        job = {"path": store.path, "sql": sql, "fmt": fmt, "args": args, "pairs": pairs,
+               "arrow": arrow}
         helpers = [_start_helper(job, spans[k::count]) for k in range(count)]
         expected = head(conn) if helpers else None
         for k, helper in enumerate(helpers):
@@ -240,24 +242,57 @@ def blocks(store: Store, sql: str, args: list, spans: list[tuple[int, int]], pai
                 block = _read_block(helpers[k], arrow)
                 if block is None:         # it stopped: the rest of its spans are done here
                     helpers[k] = _stop(helpers[k])
-            if block is None:
-                block = _compute(conn, sql, [*args, *(lo, hi) * pairs], arrow)
-            yield block
+            if block is not None:
+                yield block
+            else:
+                yield from _read(conn, sql, fmt, [*args, *(lo, hi) * pairs], arrow,
+                                 wide=hi - lo > RANGE)
     finally:
         for helper in helpers:
             if helper:
                 _stop(helper)
 
 
-def _compute(conn, sql: str, params: list, arrow: list | None) -> tuple[int, object]:
+def _range(conn, sql: str, fmt: str, params: list, arrow: list | None) -> tuple[int, object]:
+    """One range's block: its text as one SQLite value, or its rows as one Arrow table."""
     if arrow is None:
-        n, text = conn.execute(sql, params).fetchone()
+        n, text = conn.execute(_joined_sql(sql, fmt), params).fetchone()
         return n, text or b""
     with _no_collection(), _text_as_bytes(conn):
         rows = conn.execute(sql, params).fetchall()
         n, table = len(rows), arrow_table(rows, arrow) if rows else None
         del rows    # gone before collection resumes, so it never scans them
     return n, table
+
+
+def _read(conn, sql: str, fmt: str, params: list, arrow: list | None, *,
+          wide: bool) -> Iterator[tuple[int, object]]:
+    """The blocks of one span read here: one for a range of RANGE or fewer, RANGE rows at a
+    time for a `wide` span (a filtered export, one query for SQLite to use its indexes, which
+    may match the whole table) and for a range whose text is over SQLite's largest value
+    (1 GB by default), so that memory stays flat whatever matches."""
+    if not wide:
+        try:
+            yield _range(conn, sql, fmt, params, arrow)
+            return
+        except sqlite3.DataError:    # "string or blob too big": line by line below
+            if arrow is not None:
+                raise
+    end = LINE_ENDS.get(fmt, "").encode()
+    cursor = conn.execute(sql if arrow else f"SELECT CAST(line AS BLOB) FROM ({sql})", params)
+    read = 0
+    while True:
+        with _no_collection(), _text_as_bytes(conn):
+            rows = cursor.fetchmany(RANGE)
+            block = (len(rows), arrow_table(rows, arrow) if arrow else
+                     end.join(line for line, in rows) + end) if rows else None
+            del rows
+        if block is None:
+            break
+        read += block[0]
+        yield block
+    if not read:
+        yield 0, None if arrow else b""
 
 
 @contextlib.contextmanager
@@ -343,8 +378,8 @@ def _help() -> None:
     try:
         send((0, head(conn), b""))
         for lo, hi in job["spans"]:
-            n, data = _compute(conn, job["sql"], [*job["args"], *(lo, hi) * job["pairs"]],
-                               job["arrow"])
+            n, data = _range(conn, job["sql"], job["fmt"],
+                             [*job["args"], *(lo, hi) * job["pairs"]], job["arrow"])
             text = _ipc(data) if job["arrow"] and n else data or b""
             send((n, len(text), text))
     finally:     # what was read is sent; then the helper ends, even after an error
@@ -409,7 +444,7 @@ def export(store: Store, table: str, fmt: str, out: BinaryIO,
         sql, args, split = _rows_sql(table, fmt, cols, filters, may_hold_nul(conn, table))
         low, high = conn.execute(f"SELECT min(rowid), max(rowid) FROM {table}").fetchone()
         spans = [] if low is None else ranges(low, high) if split else [(low, high + 1)]
-        with contextlib.closing(blocks(store, range_sql(sql, fmt), args, spans,
+        with contextlib.closing(blocks(store, sql, fmt, args, spans,
                                        arrow=cols if fmt == "parquet" else None)) as parts:
             if fmt == "parquet":
                 return write_parquet(out, parquet_schema(cols), parts)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
                      head, may_hold_nul, memory_pool, parquet_schema, parquet_writer,
-                     range_sql, ranges, select_sql)
+                     ranges, select_sql)
 from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
@@ -195,9 +195,9 @@ def feed_columns(store: Store, table: str) -> list[tuple[str, str]]:
 
 def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
                  partition_by: str | None, nul: bool) -> str:
-    """(rows, text) of the live rows and tombstones of one `_seq` range (two pairs of `?`), in
-    `_seq` order; ids are live or tombstoned, never both (migrations.V3), so each id appears
-    once. Partitioned Parquet rows carry their month as `_month`."""
+    """The live rows and tombstones (a `line` each for text) of one `_seq` range (two pairs
+    of `?`), in `_seq` order; ids are live or tombstoned, never both (migrations.V3), so each
+    id appears once. Partitioned Parquet rows carry their month as `_month`."""
     own = {name for name, _ in columns_of_tombstone()}
 
     def live(name: str) -> str:
@@ -212,11 +212,11 @@ def _changes_sql(table: str, cols: list[tuple[str, str]], fmt: str,
         return f"substr({alias}.createdAt, 1, 7) AS _month" if partition_by else ""
     # a text row is one `line`: its order needs the sequence beside it (Parquet rows hold it)
     live_seq, dead_seq = ("", "") if fmt == "parquet" else (", t._seq AS _seq", ", d._seq")
-    return range_sql(
+    return (
         f"SELECT {select_sql(fmt, cols, live, month('t'), nul)}{live_seq} FROM {table} t "
         f"WHERE t._seq >= ? AND t._seq < ? UNION ALL "
         f"SELECT {select_sql(fmt, cols, dead, month('d'), nul)}{dead_seq} FROM _deleted_rows d "
-        f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY _seq", fmt)
+        f"WHERE d.tbl = '{table}' AND d._seq >= ? AND d._seq < ? ORDER BY _seq")
 
 
 def columns_of_tombstone() -> list[tuple[str, str]]:
@@ -336,8 +336,8 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
             arrow = (cols + [("_month", "TEXT")] * bool(partition_by)) if fmt == "parquet" \
                 else None
             sql = _changes_sql(table, cols, fmt, partition_by, may_hold_nul(conn, table))
-            parts = contextlib.closing(blocks(store, sql, [], ranges(start + 1, top), pairs=2,
-                                              arrow=arrow))
+            parts = contextlib.closing(blocks(store, sql, fmt, [], ranges(start + 1, top),
+                                              pairs=2, arrow=arrow))
             files: list[_File] = []
             try:
                 with parts as changes:

@@ -290,6 +290,37 @@ def test_a_helper_that_fails_leaves_its_ranges_to_the_exporter(db, monkeypatch, 
     assert len(started) == 2 and result == [alone]
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+@pytest.mark.parametrize("filters", [Filters(), Filters(since="2024-01-01T00:00:00.000000Z")])
+def test_text_over_sqlites_largest_value_is_exported_line_by_line(db, fmt, filters):
+    """A range's text is built as one SQLite value, which SQLite caps (1 GB by default; a
+    filtered export is one range, however large). Text over the cap comes line by line
+    instead: the same bytes, not an error. The cap is lowered here to 20,000 bytes."""
+    want = run(db, "messages", fmt, filters)
+    assert len(want[1]) > 100_000
+    buffer = io.BytesIO()
+    with _open(db) as store:
+        store.conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 20_000)
+        n = export(store, "messages", fmt, buffer, filters)
+    assert (n, buffer.getvalue()) == want
+
+
+def test_a_filtered_parquet_export_is_read_in_bounded_batches(db, monkeypatch):
+    """A filtered export is one query (for SQLite to use its indexes), read RANGE rows at a
+    time: memory stays flat however many rows match."""
+    from syncer import export as exporting
+    sizes = []
+    table_of = exporting.arrow_table
+    monkeypatch.setattr(exporting, "arrow_table",
+                        lambda rows, cols: sizes.append(len(rows)) or table_of(rows, cols))
+    want = run(db, "messages", "parquet", Filters(since="2024-01-01T00:00:00.000000Z"))
+    monkeypatch.setattr(exporting, "RANGE", 7)
+    sizes.clear()
+    got = run(db, "messages", "parquet", Filters(since="2024-01-01T00:00:00.000000Z"))
+    assert pq.read_table(pa.BufferReader(got[1])).equals(pq.read_table(pa.BufferReader(want[1])))
+    assert got[0] == want[0] > 50 and max(sizes) == 7 and sum(sizes) == got[0]
+
+
 def test_export_file_is_private_and_appears_only_when_complete(tmp_path):
     import os
     import subprocess
