@@ -345,7 +345,11 @@ def measure_relevance(path: str, runs: int) -> list[str]:
 
 
 def _run_child(argv: list[str]) -> tuple[float, str, int]:
-    """Run a fresh process; returns (wall seconds, its stderr, its peak RSS in MiB)."""
+    """Run a fresh process; returns (wall seconds, its stderr, its peak RSS in MiB). Earlier
+    runs' output is on disk first: on ext4 (data=ordered) the change feed's fsync would
+    otherwise write every other file's dirty pages too (about 1 GB after a round's DuckDB and
+    export outputs), which is their cost, not the feed's."""
+    os.sync()
     started = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -440,8 +444,8 @@ def _duckdb_export(path: str, table: str, fmt: str, out: Path,
 def measure_exports(path: str, runs: int) -> list[str]:
     """Every format of both tables, the whole table and the change feed from position 0, each
     in a fresh process, beside DuckDB writing the same format from the same file; `runs`
-    rounds taken in turn (DuckDB, export, feed), so each side sees the same machine load;
-    median seconds, highest peak RSS."""
+    rounds taken in turn (DuckDB, export, feed; each round starting with the next), so each
+    side sees the same machine load; median seconds, highest peak RSS."""
     extensions = duckdb_sqlite_extension()
     load = os.getloadavg()[0]
     lines = ["| export | rows | syncer s | syncer rows/s | syncer peak RSS MiB | DuckDB s | "
@@ -450,14 +454,17 @@ def measure_exports(path: str, runs: int) -> list[str]:
     for table in ("messages", "conversations"):
         for fmt in ("csv", "jsonl", "parquet"):
             took: dict[str, list] = {"duckdb": [], "export": [], "feed": []}
-            for _ in range(runs):
+            kinds = list(took) if extensions else ["export", "feed"]
+            for round_ in range(runs):
+                # each round starts with the next side: a run right after another's large
+                # output is slower here (page cache), whichever side it is
+                turn = round_ % len(kinds)
                 with tempfile.TemporaryDirectory() as tmp:
-                    if extensions:
-                        took["duckdb"].append(_duckdb_export(path, table, fmt, Path(tmp),
-                                                             extensions))
-                    for kind in ("export", "feed"):
-                        took[kind].append(_syncer_export(path, table, fmt, kind == "feed",
-                                                         Path(tmp) / kind))
+                    for kind in kinds[turn:] + kinds[:turn]:
+                        took[kind].append(
+                            _duckdb_export(path, table, fmt, Path(tmp), extensions)
+                            if kind == "duckdb" else
+                            _syncer_export(path, table, fmt, kind == "feed", Path(tmp) / kind))
             duck = took["duckdb"] and (statistics.median(t[0] for t in took["duckdb"]),
                                        took["duckdb"][0][1],
                                        max(t[2] for t in took["duckdb"]))
