@@ -56,7 +56,6 @@ RANGE = 5_000        # rowids (or change sequence numbers) per query
 ROW_GROUP = 25_000    # Parquet rows per row group: the writer holds one (peak RSS, BENCHMARKS.md)
 CORES = os.cpu_count() or 1
 WORKERS = min(4, CORES) if CORES > 1 else 0   # helper processes (one core: the exporter alone)
-PIPE = 1048576
 PARALLEL_FROM = 20    # ranges: below this, starting helpers costs more than they save
 _FRAME = struct.Struct("<qq")    # rows and bytes of a range (first: 0 and the change counter)
 
