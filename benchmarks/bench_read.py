@@ -102,19 +102,26 @@ def _percentiles(times: list[float]) -> tuple[float, float]:
     return statistics.median(times), times[min(len(times) - 1, round(0.95 * len(times)) - 1)]
 
 
-def _command(argv: list[str]) -> tuple[float, float]:
-    """Wall and CPU (user + system) milliseconds of one whole `syncer` process, output
-    discarded. On a loaded machine the CPU time is the steadier figure: wall time adds the
-    time spent waiting for a core."""
+def _child(argv: list[str]) -> tuple[float, str, os.struct_rusage]:
+    """Run a fresh process, stdout discarded; returns (wall seconds, its stderr, its resource
+    usage). A failure ends the benchmark with its message."""
     started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = (time.perf_counter() - started) * 1000
+    seconds = time.perf_counter() - started
     message = proc.stderr.read()
     proc.stderr.close()
     if status:
-        raise SystemExit(f"{' '.join(argv)} failed: {message.decode()}")
-    return elapsed, (usage.ru_utime + usage.ru_stime) * 1000
+        raise SystemExit(f"{' '.join(argv[:6])} ... failed: {message}")
+    return seconds, message, usage
+
+
+def _command(argv: list[str]) -> tuple[float, float]:
+    """Wall and CPU (user + system) milliseconds of one whole `syncer` process. On a loaded
+    machine the CPU time is the steadier figure: wall time adds the time spent waiting for a
+    core."""
+    seconds, _, usage = _child(argv)
+    return seconds * 1000, (usage.ru_utime + usage.ru_stime) * 1000
 
 
 def measure_commands(path: str, runs: int) -> list[str]:
@@ -267,14 +274,8 @@ STATS_SHAPES = [   # (label, filters, window); every shape runs over the whole m
 def _timed_with_cpu(fn, runs: int) -> tuple[float, float, float]:
     """(p50, p95) wall ms and p50 CPU ms: on a shared machine the CPU time is what the call
     itself costs (one thread, the file in the page cache), the wall time what it waited too."""
-    fn()
-    walls, cpus = [], []
-    for _ in range(runs):
-        wall, cpu = time.perf_counter(), time.process_time()
-        fn()
-        walls.append((time.perf_counter() - wall) * 1000)
-        cpus.append((time.process_time() - cpu) * 1000)
-    return (*_percentiles(walls), statistics.median(cpus))
+    cpu: list[float] = []
+    return (*_timed(fn, runs, cpu), cpu[0])
 
 
 def measure_stats(path: str, runs: int = 20) -> list[str]:
@@ -350,14 +351,7 @@ def _run_child(argv: list[str]) -> tuple[float, str, int]:
     otherwise write every other file's dirty pages too (about 1 GB after a round's DuckDB and
     export outputs), which is their cost, not the feed's."""
     os.sync()
-    started = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    message = proc.stderr.read()
-    proc.stderr.close()
-    if status:
-        raise SystemExit(f"{' '.join(argv[:6])} ... failed: {message}")
+    seconds, message, usage = _child(argv)
     return seconds, message, usage.ru_maxrss // 1024
 
 

@@ -80,14 +80,18 @@ def csv_field(name, value):
     return '"' + value.replace('"', '""') + '"'
 
 
+def csv_text(rows):
+    """The CSV export of `rows` (dicts in column order): a header, then CRLF-ended lines."""
+    return ",".join(rows[0]) + "\r\n" + "".join(
+        ",".join(csv_field(k, v) for k, v in r.items()) + "\r\n" for r in rows)
+
+
 @pytest.mark.parametrize("name", ["conversations", "messages"])
 def test_csv_bytes_quote_every_text_and_leave_null_empty(db, name):
     """Byte for byte: every text field quoted, counts and timestamps not, NULL empty, lines
     ended by CRLF, NULs included (a NUL ends a value for printf, which builds the lines)."""
     _, data = run(db, name, "csv")
-    rows = table(db, name, "c._deleted_at IS NULL")
-    want = ",".join(rows[0]) + "\r\n" + "".join(
-        ",".join(csv_field(k, v) for k, v in r.items()) + "\r\n" for r in rows)
+    want = csv_text(table(db, name, "c._deleted_at IS NULL"))
     assert data.decode("utf-8") == want
     if name == "messages":
         assert '"nul\x00, then a comma"' in want and '"nul\x00 alone é"' in want
@@ -124,9 +128,7 @@ def test_without_a_nul_the_lines_are_built_without_testing_for_one(db, tmp_path)
     conn.commit()
     conn.close()
     for name in ("conversations", "messages"):
-        rows = table(str(plain), name, "c._deleted_at IS NULL")
-        want = ",".join(rows[0]) + "\r\n" + "".join(
-            ",".join(csv_field(k, v) for k, v in r.items()) + "\r\n" for r in rows)
+        want = csv_text(table(str(plain), name, "c._deleted_at IS NULL"))
         assert run(str(plain), name, "csv")[1].decode() == want
         assert '"comma, ""quote""\nnew line; tab\t🙂 é"' in want or name == "conversations"
 
