@@ -74,15 +74,17 @@ class MessageReader:
         if newest is not None and newest in ids and ordered and len(raw) >= MESSAGE_PAGE:
             # everything newer than the newest held message is in this page; messages of the
             # same second may sit on either side of it, so the mirror says which are held.
+            # Messages change after they are created (metadata.deliveryStatus) without an
+            # updatedAt: the whole page goes to the store, which rewrites what differs.
             held_here = self.held_among(ids)
-            new = [m for m in page if m["id"] not in held_here]
-            if was_complete and held + len(new) == count:
-                return Read(new, True, False)
+            new = sum(m["id"] not in held_here for m in page)
+            if was_complete and held + new == count:
+                return Read(page, True, False)
             if not was_complete and not rejects:
                 # a gap stays a gap (with one, a message gone upstream and a new one balance
-                # the count): only the new are read, and held ones this page proves gone go
+                # the count): only this page is read, and held ones it proves gone go
                 gone = self._proven_gone(cid, page, ordered, [], set(ids))
-                return Read(new, False, False, gone)
+                return Read(page, False, False, gone)
         collected = {m["id"]: m for m in page}
         oldest_page: list[dict] = []
         if len(raw) >= MESSAGE_PAGE and len(collected) < count:
