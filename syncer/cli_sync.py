@@ -114,6 +114,10 @@ def _print_summary(summary, settings, log_format: str) -> None:
         rejects = c["rejects"]
         click.echo(f"  {_n(rejects, 'record', 'records')} failed validation and "
                    f"{'was' if rejects == 1 else 'were'} quarantined in _rejects")
+    if c.get("anomalies"):
+        click.echo(f"  {_n(c['anomalies'], 'conversation holds', 'conversations hold')} a value "
+                   "SQLite cannot store (a messageCount over 2^63): mirrored with that column "
+                   "empty, the value kept in _raw (see the log)")
     if summary.gaps and (summary.gaps_changed or log.getEffectiveLevel() <= logging.INFO):
         sample = ", ".join(f"{cid} {held}/{count}" for cid, count, held in summary.gaps[:5])
         more = f" and {len(summary.gaps) - 5} more" if len(summary.gaps) > 5 else ""

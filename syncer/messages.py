@@ -10,6 +10,7 @@ oldest 100 (`order=asc`). Whatever is still missing is a gap the caller records.
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +66,9 @@ class MessageReader:
         holds of it (messages held, newest held id, whether complete). Records that fail
         validation are appended to `rejects`."""
         held, newest, was_complete = held_state
+        unknown = count is None      # the server's count could not be stored
+        if unknown:
+            count = sys.maxsize
         if count == 0 and held == 0:
             return Read([], True, False)
         raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
@@ -94,11 +98,12 @@ class MessageReader:
                 oldest_page = valid_messages(cid, oldest, rejects)
                 for m in oldest_page:
                     collected.setdefault(m["id"], m)
-        complete = len(collected) == count and not rejects
+        complete = (len(collected) == count or (unknown and len(raw) < MESSAGE_PAGE)) \
+            and not rejects
         if complete:
             return Read(list(collected.values()), True, True)
-        log.info("conversation %s: the server serves %d of its %d messages",
-                 cid, len(collected), count)
+        log.info("conversation %s: %d of its %s messages read", cid, len(collected),
+                 "unknown number of" if unknown else count)
         gone = [] if rejects else self._proven_gone(cid, page, ordered, oldest_page, collected)
         return Read(list(collected.values()), False, False, gone)
 

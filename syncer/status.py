@@ -74,6 +74,11 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
         gaps = q("SELECT count(*), coalesce(sum(_messages_missing), 0) FROM conversations "
                  "WHERE _messages_complete = 0 AND _deleted_at IS NULL")
         rejects = dict(conn.execute("SELECT endpoint, count(*) FROM _rejects GROUP BY endpoint"))
+        # conversations quarantined and not mirrored since: the mirror lacks them
+        rejected = q("SELECT count(DISTINCT r.record_id) FROM _rejects r "
+                     "WHERE r.endpoint IN ('list', 'detail', 'store') AND NOT EXISTS ("
+                     "SELECT 1 FROM conversations c WHERE c.id = r.record_id "
+                     "AND c._deleted_at IS NULL AND c._synced_at >= r.last_seen_at)")[0]
         messages = _messages(conn)
         upstream = q("SELECT value FROM _sync_state WHERE key = 'upstream_url'")
     finally:
@@ -100,7 +105,8 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
                   "last_error": ({"id": last_error[0], "error": last_error[1]}
                                  if last_error else None)},
         "gaps": {"conversations": gaps[0], "messages_missing": gaps[1]},
-        "rejects": {"records": sum(rejects.values()), "by_endpoint": rejects},
+        "rejects": {"records": sum(rejects.values()), "by_endpoint": rejects,
+                    "conversations_missing": rejected},
         "runs": recent,
     }
 
@@ -108,6 +114,10 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
 def check(status: dict, max_age: float) -> tuple[bool, str]:
     """Healthy when the last successful run finished less than `max_age` seconds ago."""
     last = status["last_success"]
+    missing = status["rejects"]["conversations_missing"]
+    if missing:
+        return False, (f"unhealthy: {missing:,} conversation{' is' if missing == 1 else 's are'}"
+                       " rejected and not in the mirror (see _rejects)")
     if last is None:
         return False, "unhealthy: no successful sync yet"
     age = last["age_seconds"]
@@ -172,8 +182,11 @@ def render(status: dict, zone: Zone = DEFAULT) -> str:
                  f"{gaps['messages_missing']} messages the server does not serve")
     rejects = s["rejects"]
     detail = ", ".join(f"{n} {e}" for e, n in sorted(rejects["by_endpoint"].items()))
+    missing = rejects["conversations_missing"]
     lines.append(f"rejects     {rejects['records']} records in _rejects"
-                 + (f" ({detail})" if detail else ""))
+                 + (f" ({detail})" if detail else "")
+                 + (f"; {missing:,} conversation{'' if missing == 1 else 's'} not mirrored"
+                    if missing else ""))
     if not s["runs"]:
         lines.append("runs        none yet")
         return "\n".join(lines)

@@ -533,7 +533,8 @@ class Store:
             self._delete_messages(gone)
             written += len(gone)
             held = self.held_messages(row["id"])
-        missing = 0 if item.complete else max(row["messageCount"] - held, 0)
+        count = row["messageCount"]
+        missing = 0 if item.complete or count is None else max(count - held, 0)
         self.conn.execute(
             "UPDATE conversations SET _messages_held = ?, _messages_missing = ?, "
             "_messages_complete = ? WHERE id = ?",
@@ -579,6 +580,28 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(endpoint, record_id, reason) DO UPDATE SET "
             "raw = excluded.raw, last_seen_at = excluded.last_seen_at, times = times + 1",
             (endpoint, key, reason[:500], raw[:1_000_000], at, at))
+
+    def rejects_since(self, at: str, limit: int = 3) -> tuple[int, list[str]]:
+        """Records quarantined (again) since `at`: how many, and the first reasons."""
+        n = self._one("SELECT count(*) FROM _rejects WHERE last_seen_at >= ?", (at,))[0]
+        return n, [f"{rid}: {reason}" for rid, reason in self._rows(
+            "SELECT record_id, reason FROM _rejects WHERE last_seen_at >= ? ORDER BY id "
+            "LIMIT ?", (at, limit))]
+
+    def forget_rejects_unlisted(self, listed: set[str], since: str) -> None:
+        """After a whole walk: conversations rejected before `since` (the run's start), not
+        rejected again and no longer listed, are gone upstream: their quarantined records are
+        no longer a gap of the mirror."""
+        ids = [rid for (rid,) in self._rows(
+            "SELECT DISTINCT record_id FROM _rejects WHERE endpoint IN ('list', 'detail', "
+            "'store') AND record_id NOT IN (SELECT record_id FROM _rejects "
+            "WHERE last_seen_at >= ?)", (since,)) if rid not in listed]
+        if ids:
+            with self.transaction():
+                for chunk in _chunks(ids):
+                    self.conn.execute(
+                        f"DELETE FROM _rejects WHERE endpoint IN ('list', 'detail', 'store') "
+                        f"AND record_id IN ({','.join('?' * len(chunk))})", chunk)
 
     # -- runs --------------------------------------------------------------------------------
     def start_run(self, mode: str, scope: str | None = None) -> int:

@@ -38,8 +38,8 @@ from .errors import ApiError, AuthError, Interrupted, NotFoundError, SyncerError
 from .messages import MessageReader
 from .pagination import Walker
 from .store import Fetched, Store, now_utc
-from .transform import (BadRecord, checked_conversation_row, format_instant, list_signature,
-                        parse_instant)
+from .transform import (ANOMALY, BadRecord, checked_conversation_row, format_instant,
+                        list_signature, parse_instant)
 from .validate import checker
 from .watermark import OrderCheck, is_dirty, safe_watermark
 from .writer import BatchWriter
@@ -87,6 +87,7 @@ class Walk:
     shrank: bool = False            # totalCount fell between two pages: items may be skipped
     early: bool = False             # stopped at the watermark
     seen: set[str] = field(default_factory=set)
+    rejected: set[str] = field(default_factory=set)   # ids of every listed record, valid or not
 
 
 class Sync:
@@ -113,7 +114,7 @@ class Sync:
         self._read = [0, 0]                       # conversations and messages read, for progress
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
-                        "rejects": 0, "pages": 0, "conversations_seen": 0}
+                        "rejects": 0, "pages": 0, "conversations_seen": 0, "anomalies": 0}
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -125,6 +126,9 @@ class Sync:
         try:
             walk = self._walk_and_fetch(run_id)
             summary.early_stop = walk.early
+            if walk.complete and not walk.early and not self.stop.is_set():
+                self.store.forget_rejects_unlisted(walk.seen | walk.rejected,
+                                                   self.store.run(run_id)["started_at"])
             refused = self._conclude_deletions()
             if self.stop.is_set():
                 summary.outcome = "interrupted"
@@ -132,6 +136,10 @@ class Sync:
                 summary.outcome, summary.error = "partial", refused
             elif self._counts["conversations_failed"] or not walk.complete:
                 summary.outcome = "partial"
+            elif self._counts["rejects"]:
+                # the mirror lacks what it quarantined: not exact, so not ok (and the
+                # watermark stays, so the next run walks past those records again)
+                summary.outcome, summary.error = "partial", self._rejected_text()
             elif self.store.queue_size():
                 summary.outcome = "partial"
                 left = self.store.queue_size()
@@ -175,6 +183,13 @@ class Sync:
         summary.counts = {**self._counts, **api_counts}
         summary.gaps = self.store.gaps()
         summary.seconds = time.monotonic() - started
+
+    def _rejected_text(self) -> str:
+        n, reasons = self.store.rejects_since(self.store.run(self.run_id)["started_at"])
+        n = max(n, self._counts["rejects"])
+        return (f"{n:,} record{' was' if n == 1 else 's were'} rejected and quarantined in "
+                f"_rejects, so the mirror lacks {'it' if n == 1 else 'them'} "
+                f"(first: {'; '.join(reasons)}); see `syncer status`")
 
     def _reconcile_due(self) -> bool:
         last = self.store.last_full_walk(self.scope)
@@ -273,6 +288,8 @@ class Sync:
                 total = announced
             dirty, rows = self._take_page(run_id, step)
             walk.seen.update(row["id"] for row in rows)
+            walk.rejected.update(r["id"] for r in step.page.records
+                                 if isinstance(r, dict) and isinstance(r.get("id"), str))
             order.feed(rows)
             self._report({"walk": self._walks, "walked": len(walk.seen),
                           "total": None if total is None else before + total})
@@ -479,6 +496,10 @@ class Sync:
         if row["id"] != cid:
             raise BadRecord(f"asked for conversation {cid!r}, got {row['id']!r}")
         row["_list_sig"] = list_signature(row)
+        anomaly = row.pop(ANOMALY, None)
+        if anomaly is not None:
+            log.warning("conversation %s: %s", cid, anomaly)
+            self._count(anomalies=1)
         state = (0, None, False) if new else self.store.message_state(cid)
         read = self._messages.read(cid, row["messageCount"], state, rejects)
         return Fetched(row, read.messages, read.complete, read.drop_others, new, rejects,

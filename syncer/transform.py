@@ -23,6 +23,7 @@ MESSAGE_FIELDS = (
 TIMESTAMP_FIELDS = frozenset({"createdAt", "updatedAt", "lastMessageAt"})
 JSON_FIELDS = frozenset({"context", "participantMetadata", "surface", "metadata"})
 MAX_INTEGER = 2 ** 63 - 1     # SQLite's largest INTEGER
+ANOMALY = "_anomaly"          # a row key (never a column): what of the record is not in its columns
 
 
 class BadRecord(ValueError):
@@ -159,9 +160,15 @@ def conversation_row(record: dict) -> dict:
     fields = CONVERSATION_FIELDS + tuple(f for f in DETAIL_FIELDS if f in record)
     row = _row(record, fields)
     count = int(row["messageCount"])
-    if not 0 <= count <= MAX_INTEGER:
-        raise BadRecord(f"messageCount {count} is outside what SQLite can store")
-    row["messageCount"] = count
+    if count < 0:
+        raise BadRecord(f"messageCount {count} is negative")
+    if count > MAX_INTEGER:
+        # the conversation is still mirrored: the column stays empty, _raw keeps the value
+        row["messageCount"] = None
+        row[ANOMALY] = (f"messageCount {count} is over SQLite's largest integer: the column "
+                        "is left empty and the value kept in _raw")
+    else:
+        row["messageCount"] = count
     return row
 
 

@@ -8,7 +8,7 @@ import sqlite3
 from collections import Counter
 
 from syncer.config import Settings
-from syncer.transform import TIMESTAMP_FIELDS, normalize_timestamp
+from syncer.transform import MAX_INTEGER, TIMESTAMP_FIELDS, normalize_timestamp
 
 KEY = "rt_test_simulator"
 
@@ -43,6 +43,8 @@ def mirror(db_path) -> tuple[dict[str, dict], dict[str, dict]]:
             if name.startswith("_") or name not in record:
                 continue
             expected = record[name]
+            if name == "messageCount" and value is None and expected > MAX_INTEGER:
+                continue              # over what SQLite holds: the column empty, _raw keeps it
             if isinstance(expected, (dict, list)):
                 value = json.loads(value)
             assert value == expected, (row["id"], name)

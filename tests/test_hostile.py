@@ -189,8 +189,11 @@ def test_far_future_1970_and_unparsable_timestamps(tmp_path):
     assert {r[0] for r in rows(tmp_path / "m.db", "SELECT record_id FROM _rejects")} == \
         {"junk", "y10k"}
     assert summary.counts["rejects"] == 2
+    assert summary.exit_code == 1 and summary.watermark is None   # the mirror lacks two
     # the watermark never passes the server's clock, whatever the records claim
-    assert summary.watermark < "2100"
+    with serve(recs[:2]) as s:
+        summary = run_sync(settings(s, tmp_path / "other.db"))
+    assert summary.exit_code == 0 and summary.watermark < "2100"
 
 
 @pytest.mark.parametrize("count", [-1, 2.5, "3", None, True])

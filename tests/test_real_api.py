@@ -57,3 +57,69 @@ def test_a_message_edited_in_a_conversation_with_a_gap_is_rewritten(tmp_path):
         assert summary.exit_code == 0
         assert summary.counts["messages_written"] == 1
         assert_exact_except_gaps(db, upstream)
+
+
+def _health(db):
+    from syncer import status
+    return status.check(status.gather(str(db)), max_age=3600)
+
+
+def test_a_run_that_rejects_records_exits_1_and_status_is_unhealthy(tmp_path):
+    upstream = generate(seed=4, conversations=30)
+    ids = upstream.conversation_ids()
+    with upstream.lock:
+        upstream._record(ids[0])["messageCount"] = -1
+        upstream._record(ids[1])["status"] = 7
+    with SimulatorServer(upstream, Behaviour(message_paging="offset")) as server:
+        db = tmp_path / "m.db"
+        for _ in range(2):                      # and on every rerun while they stay bad
+            summary = sync(server, db)
+            assert summary.exit_code == 1 and summary.outcome == "partial"
+            assert "2 records were rejected" in summary.error
+            assert "messageCount: must be >= 0" in summary.error
+            healthy, line = _health(db)
+            assert not healthy and "2 conversations are rejected" in line
+        # fixed upstream: mirrored, exit 0, healthy again
+        with upstream.lock:
+            upstream._record(ids[0])["messageCount"] = len(upstream.messages_of(ids[0]))
+        upstream.update_conversation(ids[0])
+        upstream.update_conversation(ids[1], status="open")
+        summary = sync(server, db)
+        assert summary.exit_code == 0, summary.error
+        assert_exact(db, upstream)
+        assert _health(db)[0]
+        # one rejected again, then deleted upstream: a whole walk no longer lists it
+        with upstream.lock:
+            upstream._record(ids[2])["subject"] = ["not", "text"]
+        upstream.update_conversation(ids[2])
+        assert sync(server, db).exit_code == 1
+        assert not _health(db)[0]
+        upstream.delete_conversation(ids[2])
+        summary = run_sync(settings_for(server, db), full=True)
+        assert summary.exit_code == 0, summary.error
+        assert _health(db)[0]
+
+
+def test_a_message_count_beyond_sqlite_costs_nothing_but_its_column(tmp_path):
+    upstream = generate(seed=5, conversations=40)
+    ids = upstream.conversation_ids()[:3]
+    with upstream.lock:
+        for cid in ids:
+            upstream._record(cid)["messageCount"] = 2 ** 64 + 5
+    with SimulatorServer(upstream, Behaviour()) as server:
+        db = tmp_path / "m.db"
+        first = sync(server, db)
+        assert first.exit_code == 0, first.error
+        assert first.counts["anomalies"] == 3
+        again = sync(server, db)                     # stored as listed: nothing to fetch
+        assert again.exit_code == 0 and again.counts["conversations_changed"] == 0
+        conn = sqlite3.connect(db)
+        rows = conn.execute("SELECT id, messageCount, json_extract(_raw, '$.messageCount'), "
+                            "_messages_held FROM conversations WHERE id IN (?, ?, ?)",
+                            ids).fetchall()
+        assert len(rows) == 3 and all(r[1] is None for r in rows)
+        assert {r[0]: r[3] for r in rows} == {cid: len(upstream.messages_of(cid)) for cid in ids}
+        assert conn.execute("SELECT count(*) FROM conversations").fetchone() == (40,)
+        assert conn.execute("SELECT count(*) FROM _rejects").fetchone() == (0,)
+        raw = dict(conn.execute("SELECT id, _raw FROM conversations"))
+        assert all(f'"messageCount":{2 ** 64 + 5}' in raw[cid] for cid in ids)
