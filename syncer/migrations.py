@@ -559,11 +559,11 @@ TAKEN_OVER = "(agentMode = 'human' OR takeoverAt IS NOT NULL)"  # the takeover i
 _AGENT_FIELDS = ("agentMode", "takeoverActorId", "takeoverActorType", "takeoverAt",
                  "takeoverReason")
 
-V9 = "".join(f"ALTER TABLE conversations ADD COLUMN {name} TEXT;\n" for name in _AGENT_FIELDS) + f"""
+V9_BODY = f"""
 {_nul_triggers("conversations")}
-DROP TRIGGER conversations_seq_update;
+DROP TRIGGER IF EXISTS conversations_seq_update;
 UPDATE conversations SET _list_sig = _list_sig || '~'
-WHERE _purged_at IS NOT NULL AND _list_sig IS NOT NULL AND _list_sig NOT LIKE '%~';
+WHERE _purged_at IS NOT NULL AND length(_list_sig) = 16;
 {_seq_update_trigger("conversations")}
 UPDATE conversations SET {", ".join(f"{n} = syncer_field(_raw, '{n}')" for n in _AGENT_FIELDS)},
     _list_sig = syncer_resigned(_raw, _list_sig)
@@ -573,7 +573,17 @@ CREATE INDEX IF NOT EXISTS idx_conversations_takeover ON conversations (updatedA
     _deleted_at, agentMode, takeoverAt, id) WHERE {TAKEN_OVER};
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8, V9]
+
+def V9(conn: sqlite3.Connection) -> str:
+    """V9_BODY after adding the columns the database lacks: like the versions before, it can
+    run on a database that has it already (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+    return "".join(f"ALTER TABLE conversations ADD COLUMN {name} TEXT;\n"
+                   for name in _AGENT_FIELDS if name not in have) + V9_BODY
+
+
+# a script, or a function of the database giving one
+MIGRATIONS: list = [V1, V2, V3, V4, V5, V6, V7, V8, V9]
 LATEST = len(MIGRATIONS)
 
 
@@ -600,7 +610,9 @@ def migrate(conn: sqlite3.Connection) -> None:
     for target in range(version + 1, LATEST + 1):
         # one script, one transaction: SQLite parses the statements (triggers included)
         try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]};\n"
+            script = MIGRATIONS[target - 1]
+            script = script(conn) if callable(script) else script
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script};\n"
                                f"PRAGMA application_id = {APPLICATION_ID};\n"
                                f"PRAGMA user_version = {target};\nCOMMIT;")
         except BaseException:
