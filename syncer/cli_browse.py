@@ -305,6 +305,10 @@ def stats_rows(s: dict) -> list[dict]:
             ("messages.first", None, m["first"]), ("messages.last", None, m["last"]),
             ("firstResponse.turns", None, fr["turns"]),
             ("firstResponse.medianSeconds", None, fr["medianSeconds"])]
+    rows += [(f"takeovers.{k}", None, v) for k, v in s["takeovers"].items()
+             if k != "timeToTakeover"]
+    rows += [(f"takeovers.timeToTakeover.{k}", None, v)
+             for k, v in s["takeovers"]["timeToTakeover"].items()]
     for section, items, key in (("conversations.byStatus", c["byStatus"], "status"),
                                 ("conversations.bySurface", c["bySurface"], "surfaceId"),
                                 ("messages.byRole", m["byRole"], "role"),
@@ -331,7 +335,7 @@ def _stats_text(s: dict) -> str:
              f"{_plural(m['total'], 'message')} sent, first {render.when(m['first'])}, "
              f"last {render.when(m['last'])}",
              f"first response: median {median} of {_plural(fr['turns'], 'reply', 'replies')} "
-             "(a user's message to the first answer after it)"]
+             "(a user's message to the first answer after it)", _takeover_text(s["takeovers"])]
     surfaces = [(_surface_label(i), i["count"]) for i in c["bySurface"]]
     for title, items in (
             ("conversations by status", [(i["status"] or "(none)", i["count"])
@@ -347,6 +351,18 @@ def _stats_text(s: dict) -> str:
               "", "busiest participants (messages)",
               render.bar_chart(_participant_labels(s["busiestParticipants"]))]
     return "\n".join(parts)
+
+
+def _takeover_text(t: dict) -> str:
+    """The takeover figures in a line (stats' definitions: takeovers.py)."""
+    line = f"taken over by a person: {_plural(t['conversations'], 'conversation')}"
+    if t["share"] is not None:
+        line += f" ({t['share']:.1%})"
+    d = t["timeToTakeover"]
+    if d["conversations"]:
+        line += (f", from the first message in median {_duration(d['medianSeconds'])}, "
+                 f"90% within {_duration(d['p90Seconds'])} (of {d['conversations']:,})")
+    return line
 
 
 def _period(start: str | None, per: str) -> str:

@@ -339,7 +339,7 @@ def test_stats_count_the_takeovers_and_the_time_to_them(world):
 def test_the_takeover_figures_read_a_small_index(world):
     """Without a filter, the takeover figures read the partial index of taken-over
     conversations, never the whole table."""
-    from syncer.stats import takeover_sql
+    from syncer.takeovers import takeover_sql
     _, _, db, _ = world
     from syncer.query import Filters
     conn = sqlite3.connect(db)
