@@ -549,12 +549,13 @@ SELECT 'conversations' WHERE EXISTS (SELECT 1 FROM conversations t
 
 # The vendor's agent mode and human takeover (transform.AGENT_FIELDS) as columns, filled from
 # `_raw` for the conversations whose record has them, as a sync would write them (text kept,
-# another type left NULL, takeoverAt normalised, NULL when it does not parse: upgrades.py). Those rows change, so the change feed carries them again; their list
-# signatures, valid before, are re-signed to cover the new fields (transform.list_signature),
-# so a sync does not fetch them again. A forgotten conversation keeps no record to re-sign
-# from: its signature is marked as covering the older fields only (watermark.signature_holds),
-# without moving it in the change feed (its exported columns do not change). The takeover
-# index holds the few conversations a person took over, for stats.
+# another type left NULL, takeoverAt normalised, NULL when it does not parse: upgrades.py).
+# Those rows change, so the change feed carries them again; their list signatures, valid
+# before, are re-signed to cover the new fields (transform.list_signature), so a sync does not
+# fetch them again (the others' stay valid as they are). A forgotten conversation keeps no
+# record to re-sign from: its signature is marked as covering the older fields only
+# (watermark.signature_holds), without moving it in the change feed (its exported columns do
+# not change). The takeover index holds the conversations a person took over, for stats.
 TAKEN_OVER = "(agentMode = 'human' OR takeoverAt IS NOT NULL)"  # the takeover index's rows
 _AGENT_FIELDS = ("agentMode", "takeoverActorId", "takeoverActorType", "takeoverAt",
                  "takeoverReason")

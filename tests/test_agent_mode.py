@@ -16,7 +16,7 @@ from support import assert_exact, dict_rows, mirror, settings_for, upstream_tabl
 
 from syncer import migrations, purge, validate
 from syncer.cli import main
-from syncer.runner import run_sync
+from syncer.runner import run_sync, run_verify
 from syncer.simulator import Behaviour, SimulatorServer, generate
 from syncer.store import Store
 from syncer.transform import _dumps, conversation_row, list_signature
@@ -160,6 +160,28 @@ OLD_NUL = ("id", "status", "subject", "participantName", "participantEmail",
            "externalParticipantId", "externalThreadId", "surfaceId", "timezone", "_purged_at")
 
 
+def test_the_signature_of_a_record_without_agent_fields_is_what_it_was():
+    """Plain values: a record without agent fields signs as before schema 9; with one, the
+    older part leads and the agent part follows; a partial signature (a forgotten
+    conversation's, marked by the upgrade) holds while the older fields are unchanged."""
+    from syncer.watermark import is_dirty, signature_holds
+    row = conversation_row({"id": "c", "createdAt": "2024-05-01T00:00:00Z",
+                            "updatedAt": "2024-05-01T00:00:00Z", "status": "open",
+                            "messageCount": 3})
+    assert list_signature(row) == v8_signature(row)
+    taken = conversation_row(json.loads(row["_raw"]) | HUMAN)
+    sig = list_signature(taken)
+    assert len(sig) == 32 and sig[:16] == v8_signature(row)
+    assert list_signature(dict(taken, takeoverReason="other")) != sig
+    assert signature_holds(sig, sig) and not signature_holds(v8_signature(row), sig)
+    assert signature_holds(v8_signature(row) + "~", sig)
+    assert signature_holds(v8_signature(row) + "~", list_signature(row))
+    assert not signature_holds(v8_signature(row) + "~", list_signature(dict(row, status="x")))
+    assert not signature_holds(None, sig)
+    assert is_dirty(v8_signature(row), False, sig, True)
+    assert not is_dirty(v8_signature(row) + "~", False, sig, True)
+
+
 def test_upgrading_a_version_8_mirror_fetches_nothing(tmp_path):
     """A mirror made by syncer at schema 8 from a server that sends the agent fields (they sit
     in _raw only) is upgraded by the next sync: the columns are filled from _raw, the list
@@ -190,6 +212,8 @@ def test_upgrading_a_version_8_mirror_fetches_nothing(tmp_path):
         assert summary.outcome == "ok"
         assert server.count(LIST + "/") == 0          # no detail, no messages
         assert summary.counts["conversations_changed"] == 0
+        report = run_verify(settings)       # nor does verify find anything stale
+        assert (report.stale, report.missing) == ([], [])
     conn = sqlite3.connect(db)
     assert conn.execute("PRAGMA user_version").fetchone()[0] == migrations.LATEST
     rows = {r["id"]: r for r in dict_rows(db, "SELECT * FROM conversations")}
