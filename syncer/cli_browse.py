@@ -19,6 +19,7 @@ from .errors import ConfigError
 
 BOLD = ("\x1b[1;33m", "\x1b[0m")
 STATUSES = tuple(s for s in config.STATUSES if s != "all")   # the API's statuses
+AGENT_MODES = ("auto", "human")     # the API's agentMode values (it may send others)
 
 
 @contextlib.contextmanager
@@ -49,11 +50,14 @@ def filter_options(f):
         click.option("--participant", help="Part of the participant's name or email."),
         click.option("--include-deleted", is_flag=True,
                      help="Include conversations deleted upstream."),
+        click.option("--agent-mode", type=Choice(AGENT_MODES),
+                     help="Who answers: the agent (auto) or a person who took over (human); "
+                          "a conversation the server sends no mode for matches neither."),
     ]
 
     @functools.wraps(f)
     def wrapper(*args, status, surface, role, since, until, conversation_id, participant,
-                include_deleted, **kwargs):
+                include_deleted, agent_mode, **kwargs):
         # a date or time typed without an offset is read in the zone times are shown in
         zone = click.get_current_context().find_object(App).zone() if since or until else None
         kwargs["filters"] = query.Filters(
@@ -61,7 +65,7 @@ def filter_options(f):
             since=query.parse_time(zone.read(since)) if since else None,
             until=query.parse_time(zone.read(until, end=True), end=True) if until else None,
             conversation=conversation_id, participant=participant,
-            include_deleted=include_deleted)
+            include_deleted=include_deleted, agent_mode=agent_mode)
         return f(*args, **kwargs)
     for option in reversed(options):
         wrapper = option(wrapper)
@@ -202,6 +206,7 @@ def _thread_text(t: dict, zone) -> str:
     lines = [f"{t['subject'] or '(no subject)'}",
              f"  {t['id']}  {t['status']}  via {surface}",
              f"  participant: {t['participantName'] or ''} <{t['participantEmail'] or ''}>",
+             *_agent_line(t, when),
              f"  created {when(t['createdAt'])}  updated {when(t['updatedAt'])}  "
              f"last message {when(t['lastMessageAt'])}",
              f"  {count} messages, {complete}" +
@@ -210,6 +215,22 @@ def _thread_text(t: dict, zone) -> str:
         lines.append(f"[{when(m['createdAt'])}] {m['role']}:")
         lines += ["    " + line for line in (m["content"] or "").splitlines() or [""]]
     return "\n".join(lines)
+
+
+def _agent_line(t: dict, when) -> list[str]:
+    """Who answers, and when a person took over: by whom, when (`when` shows the time) and
+    why. None for a conversation the server sent none of these for."""
+    mode = t.get("agentMode")
+    taken = t.get("takeoverAt") or t.get("takeoverActorId") or mode == "human"
+    if mode is None and not taken:
+        return []
+    line = f"  agent: {mode or '(not sent)'}"
+    if taken:
+        actor = " ".join(filter(None, (t.get("takeoverActorType"), t.get("takeoverActorId"))))
+        line += (", taken over" + (f" by {actor}" if actor else "")
+                 + (f" at {when(t['takeoverAt'])}" if t.get("takeoverAt") else "")
+                 + (f": {t['takeoverReason']}" if t.get("takeoverReason") else ""))
+    return [line]
 
 
 CONVERSATION_COLUMNS = [("id", "id"), ("updatedAt", "updated"), ("status", "status"),
@@ -284,6 +305,10 @@ def stats_rows(s: dict) -> list[dict]:
             ("messages.first", None, m["first"]), ("messages.last", None, m["last"]),
             ("firstResponse.turns", None, fr["turns"]),
             ("firstResponse.medianSeconds", None, fr["medianSeconds"])]
+    rows += [(f"takeovers.{k}", None, v) for k, v in s["takeovers"].items()
+             if k != "timeToTakeover"]
+    rows += [(f"takeovers.timeToTakeover.{k}", None, v)
+             for k, v in s["takeovers"]["timeToTakeover"].items()]
     for section, items, key in (("conversations.byStatus", c["byStatus"], "status"),
                                 ("conversations.bySurface", c["bySurface"], "surfaceId"),
                                 ("messages.byRole", m["byRole"], "role"),
@@ -310,7 +335,7 @@ def _stats_text(s: dict) -> str:
              f"{_plural(m['total'], 'message')} sent, first {render.when(m['first'])}, "
              f"last {render.when(m['last'])}",
              f"first response: median {median} of {_plural(fr['turns'], 'reply', 'replies')} "
-             "(a user's message to the first answer after it)"]
+             "(a user's message to the first answer after it)", _takeover_text(s["takeovers"])]
     surfaces = [(_surface_label(i), i["count"]) for i in c["bySurface"]]
     for title, items in (
             ("conversations by status", [(i["status"] or "(none)", i["count"])
@@ -326,6 +351,18 @@ def _stats_text(s: dict) -> str:
               "", "busiest participants (messages)",
               render.bar_chart(_participant_labels(s["busiestParticipants"]))]
     return "\n".join(parts)
+
+
+def _takeover_text(t: dict) -> str:
+    """The takeover figures in a line (stats' definitions: takeovers.py)."""
+    line = f"taken over by a person: {_plural(t['conversations'], 'conversation')}"
+    if t["share"] is not None:
+        line += f" ({t['share']:.1%})"
+    d = t["timeToTakeover"]
+    if d["conversations"]:
+        line += (f", from the first message in median {_duration(d['medianSeconds'])}, "
+                 f"90% within {_duration(d['p90Seconds'])} (of {d['conversations']:,})")
+    return line
 
 
 def _period(start: str | None, per: str) -> str:

@@ -49,9 +49,11 @@ if TYPE_CHECKING:
 
 FORMATS = ("csv", "jsonl", "parquet")
 TABLES = ("conversations", "messages")
-TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"})
+TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "takeoverAt", "_synced_at",
+                        "_deleted_at"})
 REPEATED = frozenset({"conversationId", "role", "direction", "metadata", "status", "surfaceId",
-                      "timezone", "surface", "participantMetadata"})   # few distinct values
+                      "timezone", "surface", "participantMetadata", "agentMode",
+                      "takeoverActorId", "takeoverActorType"})   # few distinct values
 RANGE = 5_000        # rowids (or change sequence numbers) per query
 ROW_GROUP = 25_000    # Parquet rows per row group: the writer holds one (peak RSS, BENCHMARKS.md)
 CORES = os.cpu_count() or 1

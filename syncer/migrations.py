@@ -9,6 +9,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from . import upgrades
 from .errors import StoreError
 
 APPLICATION_ID = 0x52545359  # "RTSY": marks a database made by syncer
@@ -155,16 +156,26 @@ CREATE TABLE IF NOT EXISTS _purges (
 _NOW = "strftime('%Y-%m-%dT%H:%M:%f000Z', 'now')"  # as transform.format_instant
 
 
+_BUMP = "UPDATE _seq_counter SET value = value + 1 WHERE id = 1;"
+
+
+def _stamp(table: str) -> str:
+    return (f"UPDATE {table} SET _seq = (SELECT value FROM _seq_counter WHERE id = 1) "
+            "WHERE rowid = NEW.rowid;")
+
+
+def _seq_update_trigger(table: str) -> str:
+    return f"""CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} WHEN NEW._seq IS OLD._seq
+BEGIN {_BUMP} {_stamp(table)} END;"""
+
+
 def _seq_triggers(table: str, parent: str) -> str:
-    bump = "UPDATE _seq_counter SET value = value + 1 WHERE id = 1;"
-    stamp = (f"UPDATE {table} SET _seq = (SELECT value FROM _seq_counter WHERE id = 1) "
-             "WHERE rowid = NEW.rowid;")
+    bump, stamp = _BUMP, _stamp(table)
     return f"""
 CREATE TRIGGER {table}_seq_insert AFTER INSERT ON {table}
 BEGIN {bump} {stamp}
   DELETE FROM _deleted_rows WHERE tbl = '{table}' AND id = NEW.id; END;
-CREATE TRIGGER {table}_seq_update AFTER UPDATE ON {table} WHEN NEW._seq IS OLD._seq
-BEGIN {bump} {stamp} END;
+{_seq_update_trigger(table)}
 CREATE TRIGGER {table}_seq_delete AFTER DELETE ON {table}
 BEGIN {bump}
   INSERT INTO _deleted_rows (tbl, id, conversationId, createdAt, _seq, _deleted_at)
@@ -483,13 +494,16 @@ CONVERSATION_STATS = [
 # table in _text_nul once a write puts a NUL in one of them, and only then does the export
 # test each row for one. The mark stays: a later write may remove that NUL, but finding out
 # would cost the scan the mark saves.
-NUL_TEXT = {
+NUL_TEXT_V8 = {
     "messages": ("id", "conversationId", "role", "direction", "content", "externalMessageId",
                  "flowStepResultId"),
     "conversations": ("id", "status", "subject", "participantName", "participantEmail",
                       "externalParticipantId", "externalThreadId", "surfaceId", "timezone",
                       "_purged_at"),
 }
+AGENT_TEXT = ("agentMode", "takeoverActorId", "takeoverActorType", "takeoverReason")  # V9
+NUL_TEXT = {"messages": NUL_TEXT_V8["messages"],
+            "conversations": NUL_TEXT_V8["conversations"] + AGENT_TEXT}
 
 
 def holds_nul(values) -> str:
@@ -504,33 +518,73 @@ def _holds_nul(row: str, columns) -> str:
     return holds_nul(f"{row}.{c}" for c in columns)
 
 
-def _nul_triggers(table: str) -> str:
+def _nul_triggers(table: str, columns: tuple[str, ...] | None = None) -> str:
+    """The triggers marking `table` for a NUL written in `columns` (by default NUL_TEXT's)."""
+    columns = NUL_TEXT[table] if columns is None else columns
     mark = f"INSERT OR IGNORE INTO _text_nul (tbl) VALUES ('{table}');"
     return "".join(f"""
 DROP TRIGGER IF EXISTS {table}_nul_{name};
 CREATE TRIGGER {table}_nul_{name} AFTER {event} ON {table}
-WHEN {_holds_nul("NEW", NUL_TEXT[table])}
+WHEN {_holds_nul("NEW", columns)}
 BEGIN {mark} END;""" for name, event in (("insert", "INSERT"),
-                                         ("update", f"UPDATE OF {', '.join(NUL_TEXT[table])}")))
+                                         ("update", f"UPDATE OF {', '.join(columns)}")))
 
 
 V8 = f"""
 CREATE TABLE IF NOT EXISTS _text_nul (tbl TEXT PRIMARY KEY) WITHOUT ROWID;
 INSERT OR IGNORE INTO _text_nul (tbl)
 SELECT 'messages' WHERE EXISTS (SELECT 1 FROM messages t
-                                WHERE {_holds_nul("t", NUL_TEXT["messages"])})
+                                WHERE {_holds_nul("t", NUL_TEXT_V8["messages"])})
     OR EXISTS (SELECT 1 FROM _deleted_rows t WHERE t.tbl = 'messages'
                AND ({_holds_nul("t", ("id", "conversationId"))}));
 INSERT OR IGNORE INTO _text_nul (tbl)
 SELECT 'conversations' WHERE EXISTS (SELECT 1 FROM conversations t
-                                     WHERE {_holds_nul("t", NUL_TEXT["conversations"])})
+                                     WHERE {_holds_nul("t", NUL_TEXT_V8["conversations"])})
     OR EXISTS (SELECT 1 FROM _deleted_rows t WHERE t.tbl = 'conversations'
                AND ({_holds_nul("t", ("id",))}));
-{_nul_triggers("messages")}
-{_nul_triggers("conversations")}
+{_nul_triggers("messages", NUL_TEXT_V8["messages"])}
+{_nul_triggers("conversations", NUL_TEXT_V8["conversations"])}
 """
 
-MIGRATIONS: list[str] = [V1, V2, V3, V4, V5, V6, V7, V8]
+
+# The vendor's agent mode and human takeover (transform.AGENT_FIELDS) as columns, filled from
+# `_raw` for the conversations whose record has them, as a sync would write them (text kept,
+# another type left NULL, takeoverAt normalised, NULL when it does not parse: upgrades.py).
+# Those rows change, so the change feed carries them again; their list signatures, valid
+# before, are re-signed to cover the new fields (transform.list_signature), so a sync does not
+# fetch them again (the others' stay valid as they are). A forgotten conversation keeps no
+# record to re-sign from: its signature is marked as covering the older fields only
+# (watermark.signature_holds), without moving it in the change feed (its exported columns do
+# not change). The takeover index holds the conversations a person took over, for stats.
+TAKEN_OVER = "(agentMode = 'human' OR takeoverAt IS NOT NULL)"  # the takeover index's rows
+_AGENT_FIELDS = ("agentMode", "takeoverActorId", "takeoverActorType", "takeoverAt",
+                 "takeoverReason")
+
+V9_BODY = f"""
+{_nul_triggers("conversations")}
+DROP TRIGGER IF EXISTS conversations_seq_update;
+UPDATE conversations SET _list_sig = _list_sig || '~'
+WHERE _purged_at IS NOT NULL AND length(_list_sig) = 16;
+{_seq_update_trigger("conversations")}
+UPDATE conversations SET {", ".join(f"{n} = syncer_field(_raw, '{n}')" for n in _AGENT_FIELDS)},
+    _list_sig = syncer_resigned(_raw, _list_sig)
+WHERE _purged_at IS NULL AND json_valid(_raw)
+  AND ({" OR ".join(f"json_extract(_raw, '$.{n}') IS NOT NULL" for n in _AGENT_FIELDS)});
+CREATE INDEX IF NOT EXISTS idx_conversations_takeover ON conversations (updatedAt, _purged_at,
+    _deleted_at, agentMode, takeoverAt, id) WHERE {TAKEN_OVER};
+"""
+
+
+def V9(conn: sqlite3.Connection) -> str:
+    """V9_BODY after adding the columns the database lacks: like the versions before, it can
+    run on a database that has it already (SQLite has no ADD COLUMN IF NOT EXISTS)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(conversations)")}
+    return "".join(f"ALTER TABLE conversations ADD COLUMN {name} TEXT;\n"
+                   for name in _AGENT_FIELDS if name not in have) + V9_BODY
+
+
+# a script, or a function of the database giving one
+MIGRATIONS: list = [V1, V2, V3, V4, V5, V6, V7, V8, V9]
 LATEST = len(MIGRATIONS)
 
 
@@ -553,10 +607,13 @@ def check_ours(conn: sqlite3.Connection) -> int:
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a database made by syncer (or an empty one) up to LATEST, one version at a time."""
     version = check_ours(conn)
+    upgrades.register(conn)
     for target in range(version + 1, LATEST + 1):
         # one script, one transaction: SQLite parses the statements (triggers included)
         try:
-            conn.executescript(f"BEGIN IMMEDIATE;\n{MIGRATIONS[target - 1]};\n"
+            script = MIGRATIONS[target - 1]
+            script = script(conn) if callable(script) else script
+            conn.executescript(f"BEGIN IMMEDIATE;\n{script};\n"
                                f"PRAGMA application_id = {APPLICATION_ID};\n"
                                f"PRAGMA user_version = {target};\nCOMMIT;")
         except BaseException:

@@ -69,6 +69,7 @@ class Filters:
     conversation: str | None = None
     participant: str | None = None  # case-insensitive part of the name or the email
     include_deleted: bool = False
+    agent_mode: str | None = None   # agentMode equal to this (a NULL one matches none)
 
     def conversation_sql(self, c: str = "c", *,
                          walk_sorted: bool = False) -> tuple[list[str], list]:
@@ -93,6 +94,9 @@ class Filters:
             clause, more = self.participant_sql(c)
             where.append(clause)
             args += more
+        if self.agent_mode:
+            where.append(f"{c}.agentMode = ?")
+            args.append(self.agent_mode)
         return where, args
 
     def participant_sql(self, c: str = "c") -> tuple[str, list]:

@@ -54,7 +54,8 @@ def metadata(database: str) -> dict:
     return {"databases": {database: {
         "tables": {
             "messages": {"facets": ["role", "direction"], "sort_desc": "createdAt"},
-            "conversations": {"facets": ["status", "surfaceId"], "sort_desc": "updatedAt"},
+            "conversations": {"facets": ["status", "surfaceId", "agentMode"],
+                              "sort_desc": "updatedAt"},
             "messages_fts": {"hidden": True},
             "conversations_fts": {"hidden": True},
             "participants_fts": {"hidden": True},

@@ -33,6 +33,7 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from .query import Filters, QueryError, _marks, _time_sql, _where, prepare
+from .takeovers import takeovers
 
 if TYPE_CHECKING:
     from .store import Store
@@ -53,10 +54,12 @@ def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
     First response: for each user turn (a user message not preceded by another user message in
     its conversation) dated within the filters, the time to the first later message whose role
     is not "user"; turns never answered are not counted. With --role, turns are those of the
-    conversations' messages of those roles only."""
+    conversations' messages of those roles only.
+    Takeovers: see takeovers.py."""
     if per not in PERIODS:
         raise QueryError(f"unknown period {per!r} (use day, week, month or auto)")
-    scope = _Scope(prepare(store), filters)
+    conn = prepare(store)
+    scope = _Scope(conn, filters)
     statuses, surfaces = scope.conversation_counts()
     days: Counter = Counter()
     roles: Counter = Counter()
@@ -88,6 +91,7 @@ def stats(store: Store, filters: Filters = Filters(), *, per: str = "auto",
         "volume": {"per": per, "buckets": [{"start": b, "messages": buckets[b]}
                                            for b in sorted(buckets, key=lambda b: b or "")]},
         "firstResponse": scope.first_response(),
+        "takeovers": takeovers(conn, filters, sum(statuses.values())),
         "busiestParticipants": scope.busiest(top),
     }
 

@@ -10,17 +10,21 @@ import json
 import re
 from datetime import datetime, timedelta, timezone
 
-CONVERSATION_FIELDS = (
+# the fields of a list record signed before schema 9, and the vendor's newer agent fields
+SIGNED_BEFORE_V9 = (
     "id", "createdAt", "updatedAt", "lastMessageAt", "status", "subject", "participantName",
     "participantEmail", "externalParticipantId", "externalThreadId", "surfaceId", "timezone",
     "messageCount",
 )
+AGENT_FIELDS = ("agentMode", "takeoverActorId", "takeoverActorType", "takeoverAt",
+                "takeoverReason")
+CONVERSATION_FIELDS = SIGNED_BEFORE_V9 + AGENT_FIELDS
 DETAIL_FIELDS = ("context", "participantMetadata", "surface")
 MESSAGE_FIELDS = (
     "id", "conversationId", "createdAt", "role", "direction", "content", "externalMessageId",
     "flowStepResultId", "metadata",
 )
-TIMESTAMP_FIELDS = frozenset({"createdAt", "updatedAt", "lastMessageAt"})
+TIMESTAMP_FIELDS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "takeoverAt"})
 JSON_FIELDS = frozenset({"context", "participantMetadata", "surface", "metadata"})
 MAX_INTEGER = 2 ** 63 - 1     # SQLite's largest INTEGER
 ANOMALY = "_anomaly"          # a row key (never a column): what of the record is not in its columns
@@ -187,8 +191,18 @@ def message_row(record: dict) -> dict:
     return _row(record, MESSAGE_FIELDS)
 
 
+PARTIAL_SIGNATURE = "~"    # ends a signature that covers SIGNED_BEFORE_V9 only (watermark.py)
+
+
 def list_signature(row: dict) -> str:
-    """What the list endpoint shows of a conversation; a change means the conversation is dirty."""
+    """What the list endpoint shows of a conversation; a change means the conversation is dirty.
+
+    16 hex digits over SIGNED_BEFORE_V9, then, only when the record has an agent field, 16 over
+    AGENT_FIELDS: a mirror signed before schema 9 keeps valid signatures for every record
+    without them, and migrations.V9 re-signs those whose `_raw` has them."""
     import hashlib    # here: only sync signs rows, and OpenSSL is slow to load for a reader
-    core = [row.get(name) for name in CONVERSATION_FIELDS]
-    return hashlib.sha1(_dumps(core).encode()).hexdigest()[:16]
+
+    def digest(names: tuple[str, ...]) -> str:
+        return hashlib.sha1(_dumps([row.get(n) for n in names]).encode()).hexdigest()[:16]
+    agent = any(row.get(name) is not None for name in AGENT_FIELDS)
+    return digest(SIGNED_BEFORE_V9) + (digest(AGENT_FIELDS) if agent else "")

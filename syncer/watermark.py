@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from .transform import format_instant
+from .transform import PARTIAL_SIGNATURE, format_instant
 
 
 def safe_watermark(walk_started: datetime, lookback_seconds: float) -> str:
@@ -60,4 +60,13 @@ class OrderCheck:
 def is_dirty(stored_sig: str | None, deleted: bool, sig: str, known: bool) -> bool:
     """A conversation is dirty when new, tombstoned but listed again, or its listed fields
     (updatedAt, lastMessageAt, messageCount, ...) differ from what the mirror holds."""
-    return not known or deleted or stored_sig != sig
+    return not known or deleted or not signature_holds(stored_sig, sig)
+
+
+def signature_holds(stored_sig: str | None, sig: str) -> bool:
+    """Whether the signature the mirror holds is that of the listed record. One ending in
+    PARTIAL_SIGNATURE (a forgotten conversation signed before schema 9, whose agent fields the
+    mirror never kept: migrations.V9) covers the first part of a signature only."""
+    if stored_sig is not None and stored_sig.endswith(PARTIAL_SIGNATURE):
+        return stored_sig[:-len(PARTIAL_SIGNATURE)] == sig[:16]
+    return stored_sig == sig

@@ -22,7 +22,7 @@ from syncer.export import ExportError, export
 from syncer.query import Filters
 
 JSON_FIELDS = {"context", "participantMetadata", "surface", "metadata"}
-TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"}
+TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "takeoverAt", "_synced_at", "_deleted_at"}
 
 
 def _tricky_text(upstream):

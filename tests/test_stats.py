@@ -18,10 +18,24 @@ from syncer import stats as stats_module
 from syncer.stats import stats
 
 
+def _takeovers(upstream):
+    """Agent modes and takeovers on some conversations (updatedAt kept): taken over, before
+    or after the first message, without a time, handed back to the agent, or never."""
+    for k, cid in enumerate(upstream.conversation_ids()):
+        first = min((m["createdAt"] for m in upstream.messages_of(cid)), default=None)
+        at = first and (instant(first) + timedelta(seconds=k * 37 - 200)).strftime(
+            "%Y-%m-%dT%H:%M:%S.%fZ")
+        fields = {1: {"agentMode": "human", "takeoverAt": at, "takeoverActorId": f"u{k}"},
+                  2: {"agentMode": "auto", "takeoverAt": at if k % 3 == 0 else None},
+                  3: {"agentMode": "human"}}.get(k % 5)
+        if fields:
+            upstream.update_conversation(cid, updatedAt=upstream.get(cid)["updatedAt"], **fields)
+
+
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     return build_mirror(tmp_path_factory.mktemp("stats") / "mirror.db", seed=11,
-                        conversations=80, delete=0)
+                        conversations=80, delete=0, prepare=_takeovers)
 
 
 def load(db):
@@ -63,7 +77,25 @@ def passes(c, f: Filters) -> bool:
             and (not f.status or c["status"] in f.status)
             and (not f.surface or c["surfaceId"] in f.surface or surface.get("type") in f.surface)
             and (not f.participant or any(f.participant.casefold() in v for v in folded))
-            and (not f.conversation or c["id"] == f.conversation))
+            and (not f.conversation or c["id"] == f.conversation)
+            and (not f.agent_mode or c["agentMode"] == f.agent_mode))
+
+
+def takeovers(cs, msgs):
+    """Taken over: human mode or a takeover time; the time from the first message held to
+    it, 0 when before it, those without either left out."""
+    taken = [c for c in cs if c["agentMode"] == "human" or c["takeoverAt"]]
+    first = {}
+    for m in msgs:
+        first[m["conversationId"]] = min(first.get(m["conversationId"], "~"), m["createdAt"])
+    delays = sorted(max(0, round((instant(c["takeoverAt"]) - instant(first[c["id"]]))
+                                 .total_seconds(), 3))
+                    for c in taken if c["takeoverAt"] and c["id"] in first)
+    return {"conversations": len(taken), "share": len(taken) / len(cs) if cs else None,
+            "timeToTakeover": {"conversations": len(delays),
+                               "medianSeconds": statistics.median(delays) if delays else None,
+                               "p90Seconds": delays[-(-9 * len(delays) // 10) - 1]
+                               if delays else None}}
 
 
 def expected(db, since=None, until=None, per="week", filters=None):
@@ -110,6 +142,7 @@ def expected(db, since=None, until=None, per="week", filters=None):
             Counter(bucket(m["createdAt"]) for m in ms).items())]},
         "firstResponse": {"turns": len(delays),
                           "medianSeconds": statistics.median(delays) if delays else None},
+        "takeovers": takeovers(cs, msgs),
         "busiestParticipants": [
             {"participantName": max((n for n, _ in names[w] if n), default=None),
              "participantEmail": max((e for _, e in names[w] if e), default=None),
@@ -164,6 +197,9 @@ SHAPES = [
     Filters(participant="e", include_deleted=True),
     Filters(participant="example.com", status=("open", "closed", "archived")),
     Filters(status=("open", "closed", "archived"), role=("user",)),
+    Filters(agent_mode="human"),
+    Filters(agent_mode="auto", status=("open",)),
+    Filters(agent_mode="human", participant="example.com", role=("user",)),
 ]
 
 
@@ -388,6 +424,10 @@ def test_every_json_number_is_in_the_csv(db):
             ("messages.first", ""): m["first"], ("messages.last", ""): m["last"],
             ("firstResponse.turns", ""): as_json["firstResponse"]["turns"],
             ("firstResponse.medianSeconds", ""): as_json["firstResponse"]["medianSeconds"],
+            ("takeovers.conversations", ""): as_json["takeovers"]["conversations"],
+            ("takeovers.share", ""): as_json["takeovers"]["share"],
+            **{(f"takeovers.timeToTakeover.{k}", ""): v
+               for k, v in as_json["takeovers"]["timeToTakeover"].items()},
             ("since", ""): as_json["since"], ("until", ""): ""}
     want.update({("conversations.byStatus", i["status"]): i["count"] for i in c["byStatus"]})
     want.update({("conversations.bySurface", i["surfaceId"]): i["count"]
