@@ -180,7 +180,8 @@ class RuntypeClient:
     # -- endpoints ---------------------------------------------------------------------------
     def list_conversations(self, *, cursor: str | None, limit: int, status: str,
                            surface_id: str | None = None) -> ListPage:
-        params: dict[str, str | int] = {"limit": limit, "status": status}
+        # the real list counts only when asked; the walk's guard and shift check need it
+        params: dict[str, str | int] = {"limit": limit, "status": status, "includeCount": "true"}
         if cursor:
             params["cursor"] = cursor
         if surface_id:

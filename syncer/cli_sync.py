@@ -80,6 +80,26 @@ def _n(count: int, one: str, many: str) -> str:
     return f"{count:,} {one if count == 1 else many}"
 
 
+def gap_lines(gaps: list[tuple[str, int | None, int]]) -> list[str]:
+    """What was seen of the incomplete conversations, (id, messageCount, held) each: fewer
+    messages served than the count says, more held than it says, or no count to judge by."""
+    kinds = (("fewer", "the server serves fewer messages than it reports"),
+             ("more", "the mirror holds more messages than the server's messageCount says"),
+             ("unknown", "the server's messageCount could not be stored"))
+    lines = []
+    for kind, text in kinds:
+        some = [(cid, count, held) for cid, count, held in gaps
+                if ("unknown" if count is None else "fewer" if held < count else "more") == kind]
+        if not some:
+            continue
+        sample = ", ".join(f"{cid} {held}/{'?' if count is None else count}"
+                           for cid, count, held in some[:5])
+        more = f" and {len(some) - 5} more" if len(some) > 5 else ""
+        lines.append(f"  {_n(len(some), 'conversation is', 'conversations are')} incomplete: "
+                     f"{text} (held/reported: {sample}{more})")
+    return lines
+
+
 def _queued(db_path: str) -> int | None:
     from . import status
     try:
@@ -119,11 +139,8 @@ def _print_summary(summary, settings, log_format: str) -> None:
                    "SQLite cannot store (a messageCount over 2^63): mirrored with that column "
                    "empty, the value kept in _raw (see the log)")
     if summary.gaps and (summary.gaps_changed or log.getEffectiveLevel() <= logging.INFO):
-        sample = ", ".join(f"{cid} {held}/{count}" for cid, count, held in summary.gaps[:5])
-        more = f" and {len(summary.gaps) - 5} more" if len(summary.gaps) > 5 else ""
-        click.echo(f"  {_n(len(summary.gaps), 'conversation is', 'conversations are')} "
-                   "incomplete: the server serves fewer messages than it reports "
-                   f"(held/reported: {sample}{more})")
+        for line in gap_lines(summary.gaps):
+            click.echo(line)
     if summary.outcome == "interrupted":
         what = ("" if left is None else
                 f"{_n(left, 'conversation is', 'conversations are')} still queued; ")

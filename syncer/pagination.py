@@ -16,6 +16,8 @@ from .errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
+STALE_PAGES = 3     # pages in a row listing only conversations already listed: a loop
+
 
 @dataclass
 class Step:
@@ -37,6 +39,8 @@ class Walker:
     def pages(self, cursor: str | None = None) -> Iterator[Step]:
         seen: set[str] = set() if cursor is None else {cursor}
         count, max_pages = 0, None
+        ids: set[str] = set()        # listed so far: without a count, the guard is progress
+        stale = 0                    # pages in a row that listed nothing new
         while True:
             page = self.client.list_conversations(cursor=cursor, limit=self.limit,
                                                   status=self.status, surface_id=self.surface_id)
@@ -54,6 +58,12 @@ class Walker:
             if nxt is not None and nxt in seen:
                 raise ProtocolError(f"the conversation list repeated a cursor after {count} pages; "
                                     "stopping so as not to loop")
+            fresh = {r.get("id") for r in page.records if isinstance(r, dict)} - ids
+            ids |= fresh
+            stale = 0 if fresh else stale + 1
+            if nxt is not None and stale >= STALE_PAGES:
+                raise ProtocolError(f"the conversation list served {stale} pages in a row with "
+                                    f"nothing new after {count} pages; stopping so as not to loop")
             if nxt is not None and max_pages is not None and count >= max_pages:
                 raise ProtocolError(f"the conversation list ran to {count} pages, far past the "
                                     f"{page.total_count} conversations it announced; stopping")

@@ -83,6 +83,8 @@ class Stored:
     """What the store holds of one conversation, for dirty detection and message planning."""
     list_sig: str | None
     deleted: bool
+    updated_at: str | None = None
+    message_count: int | None = None
 
 
 class Store:
@@ -282,10 +284,10 @@ class Store:
         out: dict[str, Stored] = {}
         for chunk in _chunks(ids):
             marks = ",".join("?" * len(chunk))
-            for cid, sig, deleted in self._rows(
-                    f"SELECT id, _list_sig, _deleted_at FROM conversations WHERE id IN ({marks})",
-                    chunk):
-                out[cid] = Stored(sig, deleted is not None)
+            for cid, sig, deleted, updated, count in self._rows(
+                    f"SELECT id, _list_sig, _deleted_at, updatedAt, messageCount "
+                    f"FROM conversations WHERE id IN ({marks})", chunk):
+                out[cid] = Stored(sig, deleted is not None, updated, count)
         return out
 
     def enqueue_records(self, items: Iterable[tuple[str, str, str | None]]) -> None:

@@ -49,7 +49,9 @@ log = logging.getLogger(__name__)
 OPTIMIZE_AFTER = 20_000              # messages written in a run before the FTS index is merged
 MAX_WALKS = 3                        # walks of one run before a shifting list ends it partial
 STATE_WALK = "walk"                  # the walk checkpoint of earlier versions (no longer kept)
-STATE_BUMPS = "messages_bump_updatedAt"  # "yes" / "no", learnt from the data
+# "yes" / "no", learnt from the data; a new key, as what earlier versions learnt from an
+# absence of counter-examples is not evidence
+STATE_BUMPS = "messages_bump_updatedAt_seen"
 
 _check_conversation = checker("conversation")
 _check_detail = checker("conversation_detail")
@@ -59,6 +61,13 @@ def scope_key(settings: Settings) -> str:
     """What a watermark is valid for: the part of which upstream's list a run walks."""
     return json.dumps({"upstream": canonical_url(settings.base_url), "status": settings.status,
                        "surfaces": sorted(settings.surface_ids)}, sort_keys=True)
+
+
+def _covers(walk: Walk, earlier: Walk, floor: str | None) -> bool:
+    """Whether `walk` lists every conversation `earlier` listed at or above the floor: then
+    nothing left the list while `earlier` was walked, and no item shifted past its cursor."""
+    return all(cid in walk.seen for cid, at in earlier.stamps.items()
+               if floor is None or at >= floor)
 
 
 @dataclass
@@ -86,6 +95,8 @@ class Walk:
     complete: bool = True           # reached the end of the list, or the watermark
     shrank: bool = False            # totalCount fell between two pages: items may be skipped
     early: bool = False             # stopped at the watermark
+    counted: bool = False           # some page announced a totalCount
+    stamps: dict[str, str] = field(default_factory=dict)   # updatedAt listed, by id
     seen: set[str] = field(default_factory=set)
     rejected: set[str] = field(default_factory=set)   # ids of every listed record, valid or not
 
@@ -227,9 +238,17 @@ class Sync:
                                   "held_messages": self.store.message_count()})
                 for cid in queued:
                     pending = self._submit(pool, pending, cid)
+                previous = None
                 for attempt in range(1, MAX_WALKS + 1):
                     walk, pending = self._walk(run_id, floor, pool, pending)
                     seen |= walk.seen
+                    if walk.complete and not walk.counted:
+                        # no count to see the list shrink by: the walk is proven unshifted by
+                        # the next one listing all it listed (above the floor)
+                        if previous is not None and _covers(walk, previous, floor):
+                            walk.started = previous.started
+                            break
+                        previous, walk.shrank = walk, True
                     if not walk.shrank or not walk.complete or self.stop.is_set():
                         break
                     if attempt == MAX_WALKS:
@@ -283,14 +302,16 @@ class Sync:
                 walk.started = self._walk_start(step.page)
             announced = step.page.total_count
             if isinstance(announced, int):
+                walk.counted = True
                 if total is not None and announced < total:
                     walk.shrank = True
                 total = announced
-            dirty, rows = self._take_page(run_id, step)
+            dirty, rows, held = self._take_page(run_id, step)
             walk.seen.update(row["id"] for row in rows)
+            walk.stamps.update((row["id"], row["updatedAt"]) for row in rows)
             walk.rejected.update(r["id"] for r in step.page.records
                                  if isinstance(r, dict) and isinstance(r.get("id"), str))
-            order.feed(rows)
+            order.feed(rows, held)
             self._report({"walk": self._walks, "walked": len(walk.seen),
                           "total": None if total is None else before + total})
             for cid, new in dirty:
@@ -328,10 +349,11 @@ class Sync:
                 start = min(start, max(stamps))
         return format_instant(start)
 
-    def _take_page(self, run_id: int, step) -> tuple[list[tuple[str, bool]], list[dict]]:
+    def _take_page(self, run_id: int, step) -> tuple[list[tuple[str, bool]], list[dict], dict]:
         """Validate a page and queue its dirty conversations, in one transaction when anything
         is written (a page with nothing new writes nothing). Returns the dirty ones as (id, new
-        to the mirror) and the page's valid rows."""
+        to the mirror), the page's valid rows, and what the mirror held of them before:
+        {id: (updatedAt, messageCount)} of the live ones."""
         rows: dict[str, dict] = {}
         records: dict[str, dict] = {}
         rejects = []
@@ -342,7 +364,10 @@ class Sync:
                 continue
             rows[row["id"]] = row            # a page with the same id twice: the last wins
             records[row["id"]] = record
-        dirty = self._dirty(rows)
+        stored = self.store.stored(list(rows))
+        held = {cid: (s.updated_at, s.message_count) for cid, s in stored.items()
+                if not s.deleted}
+        dirty = self._dirty(rows, stored)
         self._count(pages=1, conversations_seen=len(rows), rejects=len(rejects))
         if dirty or rejects:
             with self.store.transaction():
@@ -354,11 +379,12 @@ class Sync:
                     [(cid, "changed", json.dumps(records[cid])) for cid, _ in dirty])
                 self.store.add_to_run(run_id, {"pages": 1, "conversations_seen": len(rows),
                                                "rejects": len(rejects)})
-        return dirty, list(rows.values())
+        return dirty, list(rows.values()), held
 
-    def _dirty(self, rows: dict[str, dict]) -> list[tuple[str, bool]]:
+    def _dirty(self, rows: dict[str, dict], stored: dict | None = None
+               ) -> list[tuple[str, bool]]:
         """(id, new to the mirror) of the rows whose listed fields the mirror does not hold."""
-        stored = self.store.stored(list(rows))
+        stored = self.store.stored(list(rows)) if stored is None else stored
         dirty = []
         for cid, row in rows.items():
             s = stored.get(cid)

@@ -15,37 +15,48 @@ def safe_watermark(walk_started: datetime, lookback_seconds: float) -> str:
     return format_instant(walk_started - timedelta(seconds=lookback_seconds))
 
 
-EVIDENCE_NEEDED = 20  # conversations with messages, all with lastMessageAt <= updatedAt
+EVIDENCE_NEEDED = 3   # conversations seen to gain a message with their updatedAt moving
 
 
 class OrderCheck:
     """Tracks, page by page, whether the list so far is ordered by updatedAt, newest first, and
-    what the records say about whether a new message bumps updatedAt: a record whose
-    lastMessageAt is after its updatedAt proves it does not; many records that all have
-    lastMessageAt <= updatedAt are the evidence that it does (`bumps` holds what earlier walks
-    concluded: True, False or None for not known yet)."""
+    what the records say about whether a new message bumps updatedAt (`bumps`: what earlier
+    walks concluded, True, False or None for not known yet).
+
+    Only positive evidence proves that it does: conversations the mirror held that are listed
+    with more messages and a later updatedAt than it holds. Many records that merely do not
+    contradict the rule prove nothing (a list ordered so that none contradicts it in its first
+    pages would stop a walk early on a belief). It does not when a record's lastMessageAt is
+    after its updatedAt, or a conversation gained messages and kept its updatedAt."""
 
     def __init__(self, bumps: bool | None = None) -> None:
         self.sorted_desc = True
         self.bumps = bumps
-        self.consistent = 0
+        self.evidence = 0
         self.last: str | None = None
         self.count = 0
 
-    def feed(self, rows: list[dict]) -> None:
+    def feed(self, rows: list[dict], held: dict[str, tuple] | None = None) -> None:
+        """Take a page's rows, with what the mirror held of them before:
+        {id: (updatedAt, messageCount)}."""
+        held = held or {}
         for row in rows:
             updated = row["updatedAt"]
             if self.last is not None and updated > self.last:
                 self.sorted_desc = False
             last_message = row.get("lastMessageAt")
-            if last_message is not None:
-                if last_message > updated:
-                    self.bumps = False
+            if last_message is not None and last_message > updated:
+                self.bumps = False
+            before = held.get(row.get("id"))
+            count = row.get("messageCount")
+            if before is not None and None not in (before[1], count) and count > before[1]:
+                if updated > before[0]:
+                    self.evidence += 1
                 else:
-                    self.consistent += 1
+                    self.bumps = False
             self.last = updated
             self.count += 1
-        if self.bumps is None and self.consistent >= EVIDENCE_NEEDED:
+        if self.bumps is None and self.evidence >= EVIDENCE_NEEDED:
             self.bumps = True
 
     def may_stop(self, watermark: str | None, min_records: int = 2) -> bool:

@@ -123,3 +123,52 @@ def test_a_message_count_beyond_sqlite_costs_nothing_but_its_column(tmp_path):
         assert conn.execute("SELECT count(*) FROM _rejects").fetchone() == (0,)
         raw = dict(conn.execute("SELECT id, _raw FROM conversations"))
         assert all(f'"messageCount":{2 ** 64 + 5}' in raw[cid] for cid in ids)
+
+
+def test_the_early_stop_needs_evidence_not_an_absence(tmp_path):
+    """Data where no record contradicts "a new message bumps updatedAt" (every lastMessageAt is
+    at or before its updatedAt), served by a server where it does not: a walk must not stop at
+    the watermark on that belief, or a message on an old conversation is never fetched."""
+    upstream = generate(seed=21, conversations=120, big_conversations=0,
+                        message_bumps_updated=True)
+    behaviour = Behaviour(message_bumps_updated=False)
+    upstream.behaviour = behaviour
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        assert sync(server, db, page_size=20).exit_code == 0
+        for _ in range(3):
+            oldest = min(upstream.snapshot()[0], key=lambda c: c["updatedAt"])["id"]
+            upstream.add_message(oldest, "a late reply on an old thread")
+            summary = sync(server, db, page_size=20)
+            assert summary.exit_code == 0, summary.error
+            assert not summary.early_stop
+            assert_exact(db, upstream)
+
+
+def test_the_early_stop_follows_evidence(tmp_path):
+    upstream = generate(seed=22, conversations=120, big_conversations=0,
+                        message_bumps_updated=True)
+    behaviour = Behaviour(message_bumps_updated=True)
+    upstream.behaviour = behaviour
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        assert sync(server, db, page_size=20).exit_code == 0
+        for cid in upstream.conversation_ids()[:3]:   # three seen to gain a message
+            upstream.add_message(cid, "evidence")
+        assert sync(server, db, page_size=20).exit_code == 0
+        upstream.add_message(upstream.conversation_ids()[5], "one more")
+        server.reset_log()
+        summary = sync(server, db, page_size=20)
+        assert summary.exit_code == 0 and summary.early_stop
+        assert server.count(LIST) < 6
+        assert_exact(db, upstream)
+
+
+def test_a_gap_is_labelled_by_what_was_seen():
+    from syncer.cli_sync import gap_lines
+    lines = gap_lines([("a", 120, 100), ("b", 3, 5), ("c", None, 100)])
+    assert len(lines) == 3
+    assert "a 100/120" in lines[0] and "serves fewer messages" in lines[0]
+    assert "b 5/3" in lines[1] and "holds more messages" in lines[1]
+    assert "fewer" not in lines[1]
+    assert "c 100/?" in lines[2] and "could not be stored" in lines[2]

@@ -40,13 +40,19 @@ def test_message_after_update_proves_messages_do_not_bump():
     assert check.bumps is False and not check.may_stop(LATER)
 
 
-def test_bumping_is_concluded_only_from_enough_consistent_records():
+def test_bumping_is_concluded_only_from_positive_evidence():
     check = OrderCheck()
-    check.feed(rows(*[(LATER, T)] * (EVIDENCE_NEEDED - 1), (LATER, None)))
+    check.feed(rows(*[(LATER, T)] * 100))       # no counter-example is no evidence
     assert check.bumps is None
-    check.feed(rows((LATER, T)))
+    gained = [{"id": f"c{k}", "updatedAt": LATER, "lastMessageAt": T, "messageCount": 3}
+              for k in range(EVIDENCE_NEEDED)]
+    held = {f"c{k}": (EARLIER, 2) for k in range(EVIDENCE_NEEDED)}
+    check.feed(gained[:-1], held)
+    assert check.bumps is None
+    check.feed(gained[-1:], held)                # seen to gain a message, updatedAt moving
     assert check.bumps is True
-    check.feed(rows((EARLIER, LATER)))         # one counter-example outweighs them all
+    check.feed([{"id": "d", "updatedAt": T, "lastMessageAt": T, "messageCount": 5}],
+               {"d": (T, 4)})                    # gained one and kept its updatedAt
     assert check.bumps is False
 
 
