@@ -136,10 +136,13 @@ class Upstream:
     def snapshot(self) -> tuple[list[dict], list[dict]]:
         """(conversations, messages) as deep copies with canonical timestamps.
 
-        Conversations are full detail records (list fields, context, participantMetadata,
-        surface and any extra fields) sorted by id; messages are every message of every
-        conversation sorted by (conversationId, createdAt, id). Timestamps are
-        `YYYY-MM-DDTHH:MM:SS.ffffffZ` strings (UTC, 6-digit fraction); lastMessageAt may be None.
+        Conversations are full detail records (list fields with agentMode and the takeover
+        fields, context, participantMetadata, surface and any extra fields) sorted by id;
+        messages are every message of every conversation sorted by (conversationId,
+        createdAt, id). Timestamps (CONVERSATION_TIMESTAMPS, MESSAGE_TIMESTAMPS) are
+        `YYYY-MM-DDTHH:MM:SS.ffffffZ` strings (UTC, 6-digit fraction); lastMessageAt and
+        takeoverAt may be None. Message metadata is kept as written (its externalTimestamp
+        is the channel's text, not normalised).
         """
         with self.lock:
             conversations = [_canonical_record(self._conversations[cid], CONVERSATION_TIMESTAMPS)
