@@ -173,16 +173,27 @@ def _print_summary(summary, settings, log_format: str) -> None:
 @click.option("--message-paging", default="none", show_default=True,
               type=Choice(["none", "offset"]),
               help="Whether messages past the first 100 can be paged with `offset`.")
+@click.option("--timestamp-style", default="z", show_default=True,
+              type=Choice(["z", "fraction", "offset", "mixed", "lower", "long_fraction",
+                           "numoffset", "rfc3339"]),
+              help="How timestamps are spelt (all RFC 3339, the same instants): rfc3339 mixes "
+                   "every spelling, lowercase, 9-12 fraction digits and numeric offsets too.")
+@click.option("--count-mode", default="on_request", show_default=True,
+              type=Choice(["on_request", "always", "never"]),
+              help="When the list carries totalCount: on includeCount=true (as the API), "
+                   "always, or never.")
 @click.option("--api-key", default="rt_test_simulator", show_default=True,
               help="The key the simulator accepts.")
 def simulate(host, port, seed, conversations, messages_per_conversation, latency_ms, fault_rate,
-             rate_limit, rate_window, list_order, message_paging, api_key):
+             rate_limit, rate_window, list_order, message_paging, timestamp_style, count_mode,
+             api_key):
     """Run the local Runtype API simulator until interrupted.
 
     \b
     Examples:
       syncer simulate --port 8765 --conversations 1000
       syncer simulate --port 0 --fault-rate 0.1 --rate-limit 50
+      syncer simulate --timestamp-style rfc3339 --count-mode never
     """
     from .simulator import Behaviour, SimulatorServer, generate
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -190,7 +201,8 @@ def simulate(host, port, seed, conversations, messages_per_conversation, latency
     upstream = generate(seed, conversations, messages_per_conversation=messages_per_conversation)
     behaviour = Behaviour(latency_ms=latency_ms, fault_rate=fault_rate, rate_limit=rate_limit,
                           rate_window=rate_window, list_order=list_order,
-                          message_paging=message_paging, api_key=api_key)
+                          message_paging=message_paging, timestamp_style=timestamp_style,
+                          count_mode=count_mode, api_key=api_key)
     server = SimulatorServer(upstream, behaviour, host=host, port=port)
     try:
         url = server.start()

@@ -69,10 +69,26 @@ def test_walk_visits_every_conversation_once(upstream, client):
     assert len(ids) == len(set(ids)) == 60
     assert set(ids) == set(upstream.conversation_ids())
     assert pages == 9
-    first = client.get(CONVERSATIONS, params={"status": "all", "limit": 7}).json()["pagination"]
+    first = client.get(CONVERSATIONS, params={"status": "all", "limit": 7,
+                                              "includeCount": "true"}).json()["pagination"]
     assert first == {"currentOffset": 0, "hasMore": True, "hasPrev": False, "limit": 7,
                      "nextCursor": first["nextCursor"], "prevCursor": None, "currentPage": 1,
                      "totalCount": 60, "totalPages": 9}
+
+
+@pytest.mark.parametrize("mode, include, counted", [
+    ("on_request", None, False), ("on_request", "true", True), ("on_request", "false", False),
+    ("always", None, True), ("never", "true", False)])
+def test_count_mode(server, client, mode, include, counted):
+    """The vendor's list counts only when asked (includeCount=true); older servers always
+    counted, and a server may ignore the parameter."""
+    server.behaviour.count_mode = mode
+    params = {"status": "all", "limit": 7, **({"includeCount": include} if include else {})}
+    pagination = client.get(CONVERSATIONS, params=params).json()["pagination"]
+    assert ({"totalCount", "totalPages"} <= set(pagination)) == counted
+    assert not ({"totalCount", "totalPages"} & set(pagination)) or counted
+    if counted:
+        assert (pagination["totalCount"], pagination["totalPages"]) == (60, 9)
 
 
 def test_default_status_is_narrower(upstream, client, server):

@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 LIST_ORDERS = ("updated_desc", "created_desc", "last_message_desc", "id_asc", "shuffled")
-TIMESTAMP_STYLES = ("z", "fraction", "offset", "mixed")
+# Wire spellings of timestamps (timestamps.py); "mixed" picks one of the first three per
+# timestamp, "rfc3339" one of every other style.
+TIMESTAMP_STYLES = ("z", "fraction", "offset", "mixed", "lower", "long_fraction", "numoffset",
+                    "rfc3339")
+# When the list carries pagination.totalCount/totalPages: only when asked with
+# includeCount=true (the vendor's API), always (older servers), or never (a server that
+# ignores the parameter).
+COUNT_MODES = ("on_request", "always", "never")
 MESSAGE_PAGINGS = ("none", "offset")
 RATE_RESETS = ("delay", "epoch")
 FAULT_KINDS = (
@@ -26,6 +33,7 @@ class Behaviour:
     message_paging: str = "none"
     message_bumps_updated: bool = False
     timestamp_style: str = "z"
+    count_mode: str = "on_request"
     extra_fields: bool = True
     latency_ms: float = 0
     fault_rate: float = 0.0

@@ -1,13 +1,16 @@
 """Deterministic test data for the fake Runtype API.
 
 Everything comes from `random.Random(seed)`, and every timestamp is a whole second before
-`start`, so the same arguments always give the same Upstream.
+`start`, so the same arguments always give the same Upstream. The fields the vendor's SDK
+added (agent mode and takeover, delivery status, attachments) come from a second generator
+of the same seed, so adding them left every other field of a seed's data as it was.
 """
 
 from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from urllib.parse import quote
 
 from .upstream import SURFACES, Upstream
 
@@ -49,6 +52,23 @@ LOCALES = ("en-US", "fr-FR", "ja-JP", "ar-SA", "de-DE", "pt-BR")
 GAPS = (0, 0, 0, 1, 2, 5, 30, 45, 60, 120, 300, 900, 3600)  # seconds between messages
 NULLABLE_CONVERSATION = ("externalParticipantId", "externalThreadId", "participantEmail",
                          "participantName", "subject", "timezone")
+TAKEOVER_SHARE = 0.3        # of open conversations with a message: about 15% of all
+TAKEOVER_ACTORS = (("user", "user_ops_"), ("user", "user_agent_"), ("api_key", "key_"),
+                   ("system", "escalation_rule_"))
+TAKEOVER_REASONS = ("Customer asked for a human", "Billing dispute — needs a refund decision",
+                    "Agent confidence below threshold", "VIP account", "Complaint escalated",
+                    None)
+# (status, weight) of outbound messages; failed and bounced ones may say why
+DELIVERY = (("delivered", 60), ("sent", 15), ("pending", 8), ("failed", 10), ("bounced", 7))
+DELIVERY_ERRORS = {"failed": ("Recipient unreachable", "Channel timeout after 30s",
+                              "Rate limited by provider (HTTP 429)"),
+                   "bounced": ("550 5.1.1 Mailbox does not exist", "Number is not on WhatsApp",
+                               "Message rejected: content policy")}
+ATTACHMENTS = (("invoice-{n}.pdf", "application/pdf"), ("screenshot {n}.png", "image/png"),
+               ("photo_{n}.jpg", "image/jpeg"), ("export-{n}.csv", "text/csv"),
+               ("voice note {n}.ogg", "audio/ogg"), ("résumé-{n}.docx",
+               "application/vnd.openxmlformats-officedocument.wordprocessingml.document"))
+ATTACHMENT_SHARE = 0.06
 
 
 def _sentence(rng: random.Random) -> str:
@@ -86,6 +106,7 @@ def generate(seed: int = 1, conversations: int = 50, *, messages_per_conversatio
     them get 130-350 (over the 100 cap); about one in sixteen gets none.
     """
     rng = random.Random(seed)
+    vendor = random.Random(f"vendor fields {seed}")
     start = (start or DEFAULT_START).astimezone(UTC).replace(microsecond=0)
     hot = (start - timedelta(days=1), start - timedelta(days=1, hours=2))
     upstream = Upstream(seed=seed)
@@ -156,7 +177,7 @@ def generate(seed: int = 1, conversations: int = 50, *, messages_per_conversatio
                 "flowStepResultId": f"stepres_{getrandbits(48):012x}"
                 if role == "assistant" and rand() < 0.6 else None,
                 "id": f"msg_{getrandbits(80):020x}",
-                "metadata": choice(metadata_pool), "role": role,
+                "metadata": dict(choice(metadata_pool)), "role": role,
             }
             if n == 0 and i == with_long:
                 message["direction"] = message["externalMessageId"] = None
@@ -176,5 +197,51 @@ def generate(seed: int = 1, conversations: int = 50, *, messages_per_conversatio
             record["updatedAt"] = created + timedelta(seconds=int(span * rand()))
         if i % 10 == 3:
             record["updatedAt"] = hot[(i // 10) % 2]
+        for message in messages:
+            message["metadata"].update(_message_extras(vendor, message))
+        record.update(_agent_mode(vendor, record, messages))
         upstream._load(record, messages)
     return upstream
+
+
+def _agent_mode(rng: random.Random, record: dict, messages: list[dict]) -> dict:
+    """agentMode and the takeover fields: a share of open conversations was taken over by a
+    human some time after its first message (and before its last update); the rest is auto."""
+    first = messages[0]["createdAt"] if messages else None
+    fields = {"agentMode": "auto", "takeoverActorId": None, "takeoverActorType": None,
+              "takeoverAt": None, "takeoverReason": None}
+    if (rng.random() >= TAKEOVER_SHARE or record["status"] != "open" or first is None
+            or record["updatedAt"] <= first):
+        return fields
+    span = int((record["updatedAt"] - first).total_seconds())
+    actor_type, prefix = rng.choice(TAKEOVER_ACTORS)
+    fields.update(agentMode="human", takeoverActorId=f"{prefix}{rng.getrandbits(40):010x}",
+                  takeoverActorType=actor_type, takeoverReason=rng.choice(TAKEOVER_REASONS),
+                  takeoverAt=first + timedelta(seconds=rng.randint(1, span)))
+    return fields
+
+
+def _message_extras(rng: random.Random, message: dict) -> dict:
+    """The vendor's metadata keys: delivery status (and error) of outbound messages, the
+    channel's own timestamp of messages it knows, and attachments held elsewhere by URL."""
+    extras = {}
+    if message["direction"] == "outbound" or (message["role"] == "assistant"
+                                             and message["direction"] is None):
+        status = rng.choices([s for s, _ in DELIVERY], [w for _, w in DELIVERY])[0]
+        extras["deliveryStatus"] = status
+        if status in DELIVERY_ERRORS and rng.random() < 0.7:
+            extras["deliveryError"] = rng.choice(DELIVERY_ERRORS[status])
+    if message["externalMessageId"] is not None and rng.random() < 0.6:
+        at = message["createdAt"] - timedelta(milliseconds=rng.randint(0, 5000))
+        extras["externalTimestamp"] = at.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if rng.random() < ATTACHMENT_SHARE:
+        extras["attachments"] = [_attachment(rng, message["id"])
+                                 for _ in range(rng.randint(1, 3))]
+    return extras
+
+
+def _attachment(rng: random.Random, message_id: str) -> dict:
+    pattern, content_type = rng.choice(ATTACHMENTS)
+    name = pattern.format(n=rng.randint(1, 9999))
+    return {"name": name, "size": rng.randint(200, 25_000_000), "contentType": content_type,
+            "url": f"https://files.example.com/attachments/{message_id}/{quote(name)}"}

@@ -4,6 +4,10 @@ Records are held as full DETAIL conversations and per-conversation message lists
 (createdAt, id) order. Internally timestamps are aware UTC datetimes; everything handed out by
 `get`, `messages_of`, `snapshot` and the mutators carries them in the canonical text form
 `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, always a 6-digit fraction).
+
+Besides creation and deletion, records change the ways the vendor's API documents: fields
+updated, a human takeover and its end (`takeover`, `resume`), and messages changed after
+creation (`update_message`: delivery status, attachments), which carry no updatedAt.
 """
 
 from __future__ import annotations
@@ -25,16 +29,21 @@ SURFACES = {
 }
 
 CONVERSATION_LIST_FIELDS = (
-    "createdAt", "externalParticipantId", "externalThreadId", "id", "lastMessageAt",
-    "messageCount", "participantEmail", "participantName", "status", "subject", "surfaceId",
+    "agentMode", "createdAt", "externalParticipantId", "externalThreadId", "id",
+    "lastMessageAt", "messageCount", "participantEmail", "participantName", "status", "subject",
+    "surfaceId", "takeoverActorId", "takeoverActorType", "takeoverAt", "takeoverReason",
     "timezone", "updatedAt",
 )
+# Who handles a conversation: "auto" (the agent) or "human" (taken over by an operator, whom
+# the takeover fields name; they are all None in auto mode).
+AGENT_MODES = ("auto", "human")
+TAKEOVER_FIELDS = ("takeoverActorId", "takeoverActorType", "takeoverAt", "takeoverReason")
 CONVERSATION_DETAIL_FIELDS = ("context", "participantMetadata", "surface")
 MESSAGE_FIELDS = (
     "content", "conversationId", "createdAt", "direction", "externalMessageId",
     "flowStepResultId", "id", "metadata", "role",
 )
-CONVERSATION_TIMESTAMPS = ("createdAt", "updatedAt", "lastMessageAt")
+CONVERSATION_TIMESTAMPS = ("createdAt", "updatedAt", "lastMessageAt", "takeoverAt")
 MESSAGE_TIMESTAMPS = ("createdAt",)
 CANONICAL_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
@@ -64,6 +73,10 @@ def _canonical_record(record: dict, ts_fields: tuple) -> dict:
 
 def _message_key(message: dict) -> tuple:
     return (message["createdAt"], message["id"])
+
+
+def _auto_mode() -> dict:
+    return {"agentMode": "auto", **dict.fromkeys(TAKEOVER_FIELDS)}
 
 
 class Upstream:
@@ -123,10 +136,13 @@ class Upstream:
     def snapshot(self) -> tuple[list[dict], list[dict]]:
         """(conversations, messages) as deep copies with canonical timestamps.
 
-        Conversations are full detail records (list fields, context, participantMetadata,
-        surface and any extra fields) sorted by id; messages are every message of every
-        conversation sorted by (conversationId, createdAt, id). Timestamps are
-        `YYYY-MM-DDTHH:MM:SS.ffffffZ` strings (UTC, 6-digit fraction); lastMessageAt may be None.
+        Conversations are full detail records (list fields with agentMode and the takeover
+        fields, context, participantMetadata, surface and any extra fields) sorted by id;
+        messages are every message of every conversation sorted by (conversationId,
+        createdAt, id). Timestamps (CONVERSATION_TIMESTAMPS, MESSAGE_TIMESTAMPS) are
+        `YYYY-MM-DDTHH:MM:SS.ffffffZ` strings (UTC, 6-digit fraction); lastMessageAt and
+        takeoverAt may be None. Message metadata is kept as written (its externalTimestamp
+        is the channel's text, not normalised).
         """
         with self.lock:
             conversations = [_canonical_record(self._conversations[cid], CONVERSATION_TIMESTAMPS)
@@ -157,7 +173,7 @@ class Upstream:
                 "createdAt": now, "externalParticipantId": None, "externalThreadId": None,
                 "id": cid, "lastMessageAt": None, "messageCount": 0, "participantEmail": None,
                 "participantName": None, "status": "open", "subject": None,
-                "surfaceId": surface_id, "timezone": None, "updatedAt": now,
+                "surfaceId": surface_id, "timezone": None, "updatedAt": now, **_auto_mode(),
                 "context": {}, "participantMetadata": {},
                 "surface": dict(SURFACES.get(surface_id, {"id": surface_id, "name": surface_id,
                                                           "type": "custom"})),
@@ -172,12 +188,18 @@ class Upstream:
             return _canonical_record(record, CONVERSATION_TIMESTAMPS)
 
     def update_conversation(self, conversation_id: str, **fields) -> dict:
-        """Set fields; updatedAt becomes now unless given. KeyError if absent."""
+        """Set fields; updatedAt becomes now unless given. KeyError if absent.
+
+        As upstream, closing or reopening a conversation (a change of status) ends a human
+        takeover, unless the fields set the takeover themselves.
+        """
         with self.lock:
             record = self._conversations[conversation_id]
             fields.pop("id", None)
             fields.pop("messageCount", None)
             fields.setdefault("updatedAt", self._stamp())
+            if fields.get("status", record["status"]) != record["status"]:
+                fields = {**_auto_mode(), **fields}
             if "surfaceId" in fields and "surface" not in fields:
                 sid = fields["surfaceId"]
                 fields["surface"] = dict(SURFACES.get(sid, {"id": sid, "name": sid,
@@ -232,5 +254,52 @@ class Upstream:
             conversation["lastMessageAt"] = messages[-1]["createdAt"]
             if self.behaviour.message_bumps_updated:
                 conversation["updatedAt"] = now
+            self._changed()
+            return _canonical_record(message, MESSAGE_TIMESTAMPS)
+
+    def takeover(self, conversation_id: str, actor_id: str, actor_type: str = "user",
+                 reason: str | None = None) -> dict:
+        """Hand the conversation to a human operator: agentMode "human", the takeover fields
+        set (takeoverAt and updatedAt now). A takeover of a taken-over conversation replaces
+        the actor (the API refuses it with 409; a test may want it). KeyError if absent."""
+        with self.lock:
+            record = self._conversations[conversation_id]
+            now = self._stamp()
+            record.update(agentMode="human", takeoverActorId=actor_id,
+                          takeoverActorType=actor_type, takeoverAt=now, takeoverReason=reason,
+                          updatedAt=now)
+            self._changed()
+            return _canonical_record(record, CONVERSATION_TIMESTAMPS)
+
+    def resume(self, conversation_id: str) -> dict:
+        """Hand the conversation back to the agent: agentMode "auto", the takeover fields
+        None, updatedAt now. KeyError if absent."""
+        with self.lock:
+            record = self._conversations[conversation_id]
+            record.update(_auto_mode(), updatedAt=self._stamp())
+            self._changed()
+            return _canonical_record(record, CONVERSATION_TIMESTAMPS)
+
+    def update_message(self, conversation_id: str, message_id: str, *,
+                       metadata: dict | None = None, content: str | None = None,
+                       touch: bool = True) -> dict:
+        """Change a message after its creation, as delivery does (deliveryStatus pending →
+        delivered) or an edit: `metadata` is merged into the message's (a key given None is
+        removed), `content` replaces the text; id and createdAt never change, and a message
+        has no updatedAt to show it. With `touch` the conversation's updatedAt becomes now (a
+        server where such a change shows in the conversation), without it nothing else
+        changes. KeyError if the conversation or the message is absent."""
+        with self.lock:
+            conversation = self._conversations[conversation_id]
+            message = next((m for m in self._messages[conversation_id]
+                            if m["id"] == message_id), None)
+            if message is None:
+                raise KeyError(message_id)
+            merged = {**(message["metadata"] or {}), **copy.deepcopy(metadata or {})}
+            message["metadata"] = {k: v for k, v in merged.items() if v is not None}
+            if content is not None:
+                message["content"] = content
+            if touch:
+                conversation["updatedAt"] = self._stamp()
             self._changed()
             return _canonical_record(message, MESSAGE_TIMESTAMPS)
