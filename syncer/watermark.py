@@ -15,7 +15,7 @@ def safe_watermark(walk_started: datetime, lookback_seconds: float) -> str:
     return format_instant(walk_started - timedelta(seconds=lookback_seconds))
 
 
-EVIDENCE_NEEDED = 3   # conversations seen to gain a message with their updatedAt moving
+EVIDENCE_NEEDED = 1   # conversations seen to gain a message with their updatedAt moving
 
 
 class OrderCheck:

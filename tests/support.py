@@ -138,6 +138,16 @@ def assert_as_of(db_path, snapshot, *, pending=frozenset(), in_scope=lambda c: T
     assert fts_ok(db_path)
 
 
+def show_bumps(upstream, settings) -> None:
+    """Let the mirror see a new message bump a conversation's updatedAt (on a server where it
+    does): one message on the newest conversation, one sync. Only such evidence allows a walk
+    to stop early at the watermark."""
+    from syncer.runner import run_sync
+    newest = max(upstream.snapshot()[0], key=lambda c: (c["updatedAt"], c["id"]))["id"]
+    upstream.add_message(newest, "a reply that bumps updatedAt")
+    assert run_sync(settings).exit_code == 0
+
+
 def pytest_fail(cid):
     raise AssertionError(f"{cid}: _messages_missing disagrees with messageCount - held")
 

@@ -7,7 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from support import settings_for
+from support import settings_for, show_bumps
 
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -80,6 +80,7 @@ def mirrored(request, tmp_path):
     with SimulatorServer(upstream, behaviour) as server:
         db = tmp_path / "mirror.db"
         assert run_sync(settings_for(server, db)).outcome == "ok"
+        show_bumps(upstream, settings_for(server, db))
         server.reset_log()
         yield order, upstream, server, db
 

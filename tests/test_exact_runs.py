@@ -7,7 +7,7 @@ from datetime import timedelta
 
 import pytest
 
-from support import assert_as_of, settings_for
+from support import assert_as_of, settings_for, show_bumps
 
 from syncer.errors import LockedError
 from syncer.runner import run_sync
@@ -213,6 +213,7 @@ def test_a_server_without_a_date_header_and_a_slow_clock_loses_nothing(tmp_path)
         db = tmp_path / "m.db"
         settings = settings_for(server, db, page_size=20)
         assert run_sync(settings).exit_code == 0
+        show_bumps(upstream, settings)
         changed = oldest_first(upstream)[0]
         upstream.update_conversation(changed, subject="changed after the first run")
         again = run_sync(settings)

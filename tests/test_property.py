@@ -3,7 +3,9 @@ however often a sync is killed part-way (a real SIGKILL), every run that exits 0
 mirror equal to upstream as of that run's start, within its scope (what changed while it ran
 may be pending; deletions are concluded by runs that walked the whole list), and one clean
 full sync afterwards leaves it equal to upstream, or reporting exactly the message gaps the
-server cannot close.
+server cannot close. Upstream changes include messages edited after creation (delivery status),
+timestamps in every RFC 3339 spelling the simulator knows, and servers that give totalCount on
+request or never.
 
 Fast profile (CI): a handful of examples. Soak profile: SYNCER_SOAK=1 runs many more
 (SYNCER_SOAK_EXAMPLES, default 100), with 20 % injected faults on every request (5xx, 429 with
@@ -39,6 +41,7 @@ step = st.one_of(
     st.tuples(st.just("archive"), st.integers(0, 10_000)),
     st.tuples(st.just("delete"), st.integers(0, 10_000)),
     st.tuples(st.just("message"), st.integers(0, 10_000)),
+    st.tuples(st.just("edit"), st.integers(0, 10_000)),
     st.tuples(st.just("sync"), st.booleans()),
     st.tuples(st.just("killed"), st.floats(0.0, 1.2)),
     st.tuples(st.just("churn"), st.integers(1, 3)),
@@ -49,7 +52,9 @@ world = st.fixed_dictionaries({
                               "shuffled"]),
     "bumps": st.booleans(),
     "paging": st.sampled_from(["none", "offset"]),
-    "style": st.sampled_from(["z", "fraction", "offset", "mixed"]),
+    "style": st.sampled_from(["z", "fraction", "offset", "mixed", "lower", "long_fraction",
+                              "numoffset", "rfc3339"]),
+    "counts": st.sampled_from(["on_request", "never"]),
     "seed": st.integers(0, 1000),
 })
 
@@ -73,6 +78,13 @@ def _apply(upstream, op, arg):
         upstream.update_conversation(cid, status="archived")
     elif op == "delete":
         upstream.delete_conversation(cid)
+    elif op == "edit":                  # a delivery status moves on, the newest message first
+        messages = upstream.messages_of(cid)
+        if messages:
+            target = messages[-1 - arg % min(len(messages), 3)]
+            upstream.update_message(cid, target["id"], metadata={
+                "deliveryStatus": ("sent", "delivered", "failed", "bounced")[arg % 4],
+                "deliveryError": "mailbox full" if arg % 4 == 3 else None})
     elif op == "message":
         upstream.add_message(cid, f"reply {arg}: don't panic, C++ \"quoted\"",
                              role="user" if arg % 2 else "assistant")
@@ -111,6 +123,10 @@ def _killed_sync(server, db, delay, config) -> int | None:
 @settings(max_examples=SOAK_EXAMPLES if SOAK else 5, deadline=None, derandomize=not SOAK,
           suppress_health_check=list(HealthCheck), database=None)
 @given(world=world, steps=st.lists(step, min_size=2, max_size=10))
+@example(world={"order": "updated_desc", "bumps": True, "paging": "none", "style": "rfc3339",
+                "counts": "never", "seed": 3},
+         steps=[("sync", False), ("edit", 3), ("message", 4), ("sync", False), ("churn", 2),
+                ("edit", 7), ("sync", False), ("delete", 2), ("sync", True)])
 @example(world={"order": "updated_desc", "bumps": True, "paging": "none", "style": "mixed",
                 "seed": 1},
          steps=[("sync", False), ("message", 3), ("killed", 0.6), ("churn", 2),
@@ -128,6 +144,7 @@ def test_any_interleaving_converges(world, steps):
                         big_conversations=1, message_bumps_updated=world["bumps"])
     behaviour = Behaviour(list_order=world["order"], message_bumps_updated=world["bumps"],
                           message_paging=world["paging"], timestamp_style=world["style"],
+                          count_mode=world.get("counts", "on_request"),
                           latency_ms=10, fault_kinds=FAULTS, fault_timeout_s=0.5,
                           fault_rate=0.2 if SOAK else 0.0, fault_seed=world["seed"])
     with tempfile.TemporaryDirectory() as tmp, SimulatorServer(upstream, behaviour) as server:

@@ -4,6 +4,8 @@ unless asked, an early stop only on evidence, pages too large for one answer, ga
 Each test compares the mirror with the simulator's data after every run that exits 0."""
 import sqlite3
 
+import pytest
+
 from support import assert_exact, assert_exact_except_gaps, settings_for
 
 from syncer.runner import run_sync
@@ -31,7 +33,7 @@ def test_a_message_edited_in_a_big_conversation_is_rewritten(tmp_path):
     with SimulatorServer(upstream, Behaviour(message_paging="offset")) as server:
         db = tmp_path / "m.db"
         assert sync(server, db).exit_code == 0
-        _edit_message(upstream, big, -1, deliveryStatus="failed", deliveryError="bounced")
+        _edit_message(upstream, big, -1, deliveryStatus="failed", deliveryError="no such user")
         _edit_message(upstream, big, -50, deliveryStatus="delivered")
         upstream.add_message(big, "and a new one")
         server.reset_log()
@@ -41,9 +43,9 @@ def test_a_message_edited_in_a_big_conversation_is_rewritten(tmp_path):
         assert server.count(f"{LIST}/") == 2            # the detail and the newest page only
         assert_exact(db, upstream)
         conn = sqlite3.connect(db)
-        assert conn.execute("SELECT count(*) FROM messages WHERE conversationId = ? AND "
-                            "json_extract(metadata, '$.deliveryStatus') = 'failed'",
-                            (big,)).fetchone() == (1,)
+        assert conn.execute("SELECT json_extract(metadata, '$.deliveryStatus') FROM messages "
+                            "WHERE json_extract(metadata, '$.deliveryError') = 'no such user'"
+                            ).fetchall() == [("failed",)]
 
 
 def test_a_message_edited_in_a_conversation_with_a_gap_is_rewritten(tmp_path):
@@ -153,9 +155,10 @@ def test_the_early_stop_follows_evidence(tmp_path):
     with SimulatorServer(upstream, behaviour) as server:
         db = tmp_path / "m.db"
         assert sync(server, db, page_size=20).exit_code == 0
-        for cid in upstream.conversation_ids()[:3]:   # three seen to gain a message
-            upstream.add_message(cid, "evidence")
-        assert sync(server, db, page_size=20).exit_code == 0
+        first = sync(server, db, page_size=20)        # nothing seen yet: a whole walk
+        assert first.exit_code == 0 and not first.early_stop
+        upstream.add_message(upstream.conversation_ids()[0], "evidence")
+        assert sync(server, db, page_size=20).exit_code == 0   # seen to gain a message
         upstream.add_message(upstream.conversation_ids()[5], "one more")
         server.reset_log()
         summary = sync(server, db, page_size=20)
@@ -172,3 +175,51 @@ def test_a_gap_is_labelled_by_what_was_seen():
     assert "b 5/3" in lines[1] and "holds more messages" in lines[1]
     assert "fewer" not in lines[1]
     assert "c 100/?" in lines[2] and "could not be stored" in lines[2]
+
+
+@pytest.mark.parametrize("style", ["lower", "long_fraction", "numoffset", "rfc3339"])
+def test_every_rfc3339_spelling_mirrors_exactly(tmp_path, style):
+    upstream = generate(seed=7, conversations=60)
+    upstream.subsecond = True
+    with SimulatorServer(upstream, Behaviour(timestamp_style=style,
+                                             message_paging="offset")) as server:
+        upstream.add_message(upstream.conversation_ids()[0], "sub-second stamp")
+        db = tmp_path / "m.db"
+        summary = sync(server, db)
+        assert summary.exit_code == 0, summary.error
+        assert summary.counts["rejects"] == 0
+        assert_exact(db, upstream)
+        # _raw keeps what the server sent, spelled as it was (assert_exact read it back)
+        conn = sqlite3.connect(db)
+        spelled = conn.execute("SELECT json_extract(_raw, '$.createdAt'), createdAt "
+                               "FROM conversations").fetchall()
+        assert sum(raw != column for raw, column in spelled) > len(spelled) // 2
+
+
+def test_a_server_that_never_counts_is_walked_soundly(tmp_path):
+    """The real list gives totalCount only on request; a server that ignores the request
+    gives none. The walk asks, and without a count it checks the list did not shift by
+    walking again, and shows no false total."""
+    upstream = generate(seed=8, conversations=150, big_conversations=0)
+    behaviour = Behaviour(count_mode="never")
+    asked = []
+    deleted = []
+
+    def during_walk(method, path, query):
+        if path == LIST:
+            asked.append(query.get("includeCount"))
+            if len(asked) == 3 and not deleted:       # the list shrinks under the walk
+                for cid in upstream.conversation_ids()[:2]:
+                    upstream.delete_conversation(cid)
+                    deleted.append(cid)
+    behaviour.on_request = during_walk
+    with SimulatorServer(upstream, behaviour) as server:
+        db = tmp_path / "m.db"
+        seen = []
+        summary = run_sync(settings_for(server, db, page_size=20, max_delete="100%"),
+                           progress=seen.append)
+        assert summary.exit_code == 0, summary.error
+        assert set(asked) == {"true"}
+        assert_exact(db, upstream)
+        assert all(info.get("total") is None for info in seen if "walk" in info)
+        assert summary.counts["pages"] >= 2 * 7     # walked again to prove no shift

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import KEY, assert_exact, settings_for
+from support import KEY, assert_exact, settings_for, show_bumps
 
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -168,6 +168,7 @@ def test_an_early_stopped_walk_leaves_deletions_to_the_reconcile(tmp_path):
     with SimulatorServer(upstream, behaviour) as server:
         db = tmp_path / "m.db"
         assert run_sync(settings_for(server, db, page_size=20)).exit_code == 0
+        show_bumps(upstream, settings_for(server, db, page_size=20))
         upstream.delete_conversation(upstream.conversation_ids()[7])
         summary = run_sync(settings_for(server, db, page_size=20))
         assert summary.early_stop and summary.exit_code == 0
