@@ -201,7 +201,8 @@ class RuntypeClient:
 
     def probe(self) -> tuple[dict, httpx.Headers]:
         """One list request for one conversation (`syncer doctor`): the body and the headers."""
-        body, response = self._get_json(CONVERSATIONS, {"limit": 1, "status": "all"},
+        body, response = self._get_json(CONVERSATIONS, {"limit": 1, "status": "all",
+                                                        "includeCount": "true"},
                                          "conversation_list_response")
         return body, response.headers
 

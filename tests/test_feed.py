@@ -26,7 +26,7 @@ from syncer.simulator import Behaviour, SimulatorServer, generate
 from syncer.store import Store
 
 TABLES = ("conversations", "messages")
-TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "_synced_at", "_deleted_at"}
+TIMESTAMPS = {"createdAt", "updatedAt", "lastMessageAt", "takeoverAt", "_synced_at", "_deleted_at"}
 
 
 def syncer(db, *args):

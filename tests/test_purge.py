@@ -123,7 +123,8 @@ def tombstoned(tmp_path, monkeypatch):
         upstream.update_conversation(victim, subject=SECRETS["subject"],
                                      context={"v": 2, "long": "y" * 6000})
         upstream.add_message(victim, SECRETS["later message"])
-        assert run_sync(settings).outcome == "ok"
+        summary = run_sync(settings)    # the victim's message with a bad role is quarantined
+        assert summary.outcome == "partial" and "1 record was rejected" in summary.error
         upstream.delete_conversation(victim)
         assert run_sync(settings, full=True).counts["conversations_deleted"] == 1
         patch.undo()
@@ -319,7 +320,8 @@ def test_on_delete_purge_forgets_what_a_sync_tombstones(tmp_path):
     db = tmp_path / "m.db"
     with SimulatorServer(upstream, Behaviour()) as server:
         run = ["--config", str(cfg), "sync"]
-        assert syncer(db, *run, env=process_env(server)).returncode == 0
+        # exit 1: the victim's message with a bad role is quarantined, the rest mirrored
+        assert syncer(db, *run, env=process_env(server)).returncode == 1
         assert "message" in traces(db)
         upstream.delete_conversation(victim)
         r = syncer(db, *run, "--full", env=process_env(server))
