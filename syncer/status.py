@@ -112,7 +112,8 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
 
 
 def check(status: dict, max_age: float) -> tuple[bool, str]:
-    """Healthy when the last successful run finished less than `max_age` seconds ago."""
+    """Healthy when the last successful run finished less than `max_age` seconds ago and no
+    conversation is missing from the mirror for being rejected."""
     last = status["last_success"]
     missing = status["rejects"]["conversations_missing"]
     if missing:

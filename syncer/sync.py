@@ -98,7 +98,7 @@ class Walk:
     counted: bool = False           # some page announced a totalCount
     stamps: dict[str, str] = field(default_factory=dict)   # updatedAt listed, by id
     seen: set[str] = field(default_factory=set)
-    rejected: set[str] = field(default_factory=set)   # ids of every listed record, valid or not
+    listed: set[str] = field(default_factory=set)   # ids of every listed record, valid or not
 
 
 class Sync:
@@ -138,7 +138,7 @@ class Sync:
             walk = self._walk_and_fetch(run_id)
             summary.early_stop = walk.early
             if walk.complete and not walk.early and not self.stop.is_set():
-                self.store.forget_rejects_unlisted(walk.seen | walk.rejected,
+                self.store.forget_rejects_unlisted(walk.listed,
                                                    self.store.run(run_id)["started_at"])
             refused = self._conclude_deletions()
             if self.stop.is_set():
@@ -309,8 +309,8 @@ class Sync:
             dirty, rows, held = self._take_page(run_id, step)
             walk.seen.update(row["id"] for row in rows)
             walk.stamps.update((row["id"], row["updatedAt"]) for row in rows)
-            walk.rejected.update(r["id"] for r in step.page.records
-                                 if isinstance(r, dict) and isinstance(r.get("id"), str))
+            walk.listed.update(r["id"] for r in step.page.records
+                               if isinstance(r, dict) and isinstance(r.get("id"), str))
             order.feed(rows, held)
             self._report({"walk": self._walks, "walked": len(walk.seen),
                           "total": None if total is None else before + total})

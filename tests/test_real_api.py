@@ -127,15 +127,21 @@ def test_a_message_count_beyond_sqlite_costs_nothing_but_its_column(tmp_path):
         assert all(f'"messageCount":{2 ** 64 + 5}' in raw[cid] for cid in ids)
 
 
+def consistent_world(seed: int, bumps: bool):
+    """120 conversations whose every lastMessageAt is at or before its updatedAt, behind a
+    server where a new message does (`bumps`) or does not bump updatedAt."""
+    upstream = generate(seed=seed, conversations=120, big_conversations=0,
+                        message_bumps_updated=True)
+    upstream.behaviour = Behaviour(message_bumps_updated=bumps)
+    return upstream, SimulatorServer(upstream, upstream.behaviour)
+
+
 def test_the_early_stop_needs_evidence_not_an_absence(tmp_path):
     """Data where no record contradicts "a new message bumps updatedAt" (every lastMessageAt is
     at or before its updatedAt), served by a server where it does not: a walk must not stop at
     the watermark on that belief, or a message on an old conversation is never fetched."""
-    upstream = generate(seed=21, conversations=120, big_conversations=0,
-                        message_bumps_updated=True)
-    behaviour = Behaviour(message_bumps_updated=False)
-    upstream.behaviour = behaviour
-    with SimulatorServer(upstream, behaviour) as server:
+    upstream, simulator = consistent_world(21, bumps=False)
+    with simulator as server:
         db = tmp_path / "m.db"
         assert sync(server, db, page_size=20).exit_code == 0
         for _ in range(3):
@@ -148,11 +154,8 @@ def test_the_early_stop_needs_evidence_not_an_absence(tmp_path):
 
 
 def test_the_early_stop_follows_evidence(tmp_path):
-    upstream = generate(seed=22, conversations=120, big_conversations=0,
-                        message_bumps_updated=True)
-    behaviour = Behaviour(message_bumps_updated=True)
-    upstream.behaviour = behaviour
-    with SimulatorServer(upstream, behaviour) as server:
+    upstream, simulator = consistent_world(22, bumps=True)
+    with simulator as server:
         db = tmp_path / "m.db"
         assert sync(server, db, page_size=20).exit_code == 0
         first = sync(server, db, page_size=20)        # nothing seen yet: a whole walk
