@@ -31,7 +31,8 @@ import httpx
 from . import __version__, retry, transport as bounded
 from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, Interrupted, NotFoundError,
-                     ProtocolError, RetriesExhausted, RetryableError, UnreachableError)
+                     ProtocolError, RetriesExhausted, RetryableError, TooLargeError,
+                     UnreachableError)
 from .validate import problem
 
 log = logging.getLogger(__name__)
@@ -214,22 +215,24 @@ class RuntypeClient:
         return body
 
     def list_messages(self, cid: str, *, order: str = "desc", offset: int | None = None,
-                      cursor: str | None = None, limit: int = MESSAGE_PAGE) -> tuple[list, str | None]:
-        """One page of a conversation's messages, and the next cursor if the server offers
-        one (undocumented; some servers paginate messages like the conversation list)."""
+                      cursor: str | None = None,
+                      limit: int = MESSAGE_PAGE) -> tuple[list, str | None, int]:
+        """One page of a conversation's messages, the next cursor if the server offers one
+        (undocumented; some servers paginate messages like the conversation list), and the
+        answer's size in bytes."""
         params: dict[str, str | int] = {"limit": limit, "order": order}
         if offset:
             params["offset"] = offset
         if cursor:
             params["cursor"] = cursor
-        body, _ = self._get_json(conversation_path(cid) + "/messages", params,
-                                 "message_list_response")
+        body, response = self._get_json(conversation_path(cid) + "/messages", params,
+                                        "message_list_response")
         pagination = body.get("pagination")
         next_cursor = None
         if isinstance(pagination, dict) and pagination.get("hasMore") is not False:
             candidate = pagination.get("nextCursor")
             next_cursor = candidate if isinstance(candidate, str) and candidate else None
-        return body["data"], next_cursor
+        return body["data"], next_cursor, response.num_bytes_downloaded
 
     # -- transport ---------------------------------------------------------------------------
     def _get_json(self, path: str, params: dict, kind: str) -> tuple[dict, httpx.Response]:
@@ -273,14 +276,15 @@ class RuntypeClient:
                 self._read_clock(response, sent)
                 declared = response.headers.get("content-length")
                 if declared and declared.isdigit() and int(declared) > limit:
-                    raise ProtocolError(f"GET {path}: answer of {int(declared)} bytes is over the "
-                                        f"{limit} byte limit ([api].max_response_mb)", path=path)
+                    raise TooLargeError(f"GET {path}: answer of {int(declared)} bytes is over the "
+                                        f"{limit} byte limit ([api].max_response_mb)", path=path,
+                                        size=int(declared))
                 chunks, size = [], 0
                 for chunk in response.iter_bytes():
                     self._bounds.left()     # also for a transport that is not ours
                     size += len(chunk)
                     if size > limit:
-                        raise ProtocolError(f"GET {path}: answer is over the {limit} byte limit "
+                        raise TooLargeError(f"GET {path}: answer is over the {limit} byte limit "
                                             "([api].max_response_mb)", path=path)
                     chunks.append(chunk)
                 body = b"".join(chunks)

@@ -138,6 +138,11 @@ def _print_summary(summary, settings, log_format: str) -> None:
         click.echo(f"  {_n(c['anomalies'], 'conversation holds', 'conversations hold')} a value "
                    "SQLite cannot store (a messageCount over 2^63): mirrored with that column "
                    "empty, the value kept in _raw (see the log)")
+    if c.get("messages_oversized"):
+        click.echo(f"  {_n(c['messages_oversized'], 'message is', 'messages are each')} over "
+                   f"[api].max_response_mb ({settings.max_response_bytes // (1024 * 1024)} MB) "
+                   "on its own and could not be read: a gap of its conversation (see the log); "
+                   "raise the limit to mirror them")
     if summary.gaps and (summary.gaps_changed or log.getEffectiveLevel() <= logging.INFO):
         for line in gap_lines(summary.gaps):
             click.echo(line)

@@ -15,7 +15,9 @@
         ├── UnreachableError     refused, unknown host or certificate before the server ever
         │                        answered: not retried; the run ends with exit 1
         └── ProtocolError        an answer that breaks the contract in a way retrying cannot fix
-                                 (a redirect, a body over the size limit, a cursor that repeats)
+            │                    (a redirect, a cursor that repeats)
+            └── TooLargeError    a body over [api].max_response_mb: not retried as asked (a
+                                 messages page is asked again smaller, messages.py)
 """
 
 
@@ -75,3 +77,9 @@ class UnreachableError(ApiError):
 
 class ProtocolError(ApiError):
     pass
+
+
+class TooLargeError(ProtocolError):
+    def __init__(self, message: str, *, path: str = "", size: int | None = None):
+        super().__init__(message, path=path)
+        self.size = size          # bytes the answer declared, None when it was cut off

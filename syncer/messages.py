@@ -6,6 +6,11 @@ are read; if they reach the newest message the mirror holds, only the newer ones
 past 100, a message cursor is followed if the server offers one, or the undocumented `offset` is
 tried and trusted only while it returns messages not seen before (learnt once per run); then the
 oldest 100 (`order=asc`). Whatever is still missing is a gap the caller records.
+
+An answer over `[api].max_response_mb` (a few messages of megabytes each) is asked again with a
+smaller `limit`, down to 1 (`Pages`); the next page grows back. A message that alone is over
+the limit cannot be read: with offset paging the reading steps over it, and it is a gap the
+run reports (`Read.oversized`).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .api import MESSAGE_PAGE, RuntypeClient
-from .errors import BadRequestError
+from .errors import BadRequestError, TooLargeError
 from .transform import BadRecord, message_row
 from .validate import checker
 
@@ -50,6 +55,63 @@ class Read:
     complete: bool
     drop_others: bool
     gone: list[str] = field(default_factory=list)
+    oversized: int = 0           # messages that alone are over [api].max_response_mb
+
+
+@dataclass
+class Page:
+    """One answer of the messages list. `slots`: the places in the conversation it covers,
+    its messages or, when one message alone is over the size limit, that one (unread)."""
+    raw: list
+    cursor: str | None
+    limit: int
+    slots: int
+    oversized: bool = False
+
+    @property
+    def full(self) -> bool:
+        """As many as asked for: there may be more beyond."""
+        return self.slots >= self.limit
+
+
+class Pages:
+    """The messages pages of one conversation. An answer over [api].max_response_mb is asked
+    again with a smaller `limit`; each answer sets the `limit` of the next page to what would
+    fit at its bytes per message (at most MESSAGE_PAGE), so that after a large message the
+    pages grow back."""
+
+    def __init__(self, client: RuntypeClient, cid: str, count: int):
+        self.client, self.cid, self.count = client, cid, count
+        self.max_bytes = client.settings.max_response_bytes
+        self.limit = MESSAGE_PAGE
+        self.oversized: set[tuple[str, int]] = set()    # (order, offset) of unreadable ones
+
+    def get(self, order: str, offset: int = 0, cursor: str | None = None) -> Page:
+        limit = self.limit
+        while True:
+            try:
+                raw, next_cursor, size = self.client.list_messages(
+                    self.cid, order=order, limit=limit, offset=offset or None, cursor=cursor)
+            except TooLargeError as e:
+                if limit == 1:
+                    log.warning("conversation %s: a message is over the size limit alone and "
+                                "cannot be read (%s)", self.cid, e)
+                    self.oversized.add((order, offset))
+                    self.limit = 1
+                    return Page([], None, 1, 1, oversized=True)
+                served = max(1, min(limit, self.count))
+                fit = fitting(served, self.max_bytes, e.size) if e.size else served // 2
+                limit = max(1, min(served - 1, fit))
+                continue
+            if raw and size:
+                self.limit = max(1, min(MESSAGE_PAGE, fitting(len(raw), self.max_bytes, size)))
+            return Page(raw, next_cursor, limit, len(raw))
+
+
+def fitting(served: int, max_bytes: int, size: int) -> int:
+    """How many messages fit in `max_bytes` at the bytes per message of an answer of `size`
+    bytes holding `served` (nine tenths of it: messages differ)."""
+    return int(served * max_bytes * 0.9 / size)
 
 
 class MessageReader:
@@ -71,11 +133,12 @@ class MessageReader:
             count = sys.maxsize
         if count == 0 and held == 0:
             return Read([], True, False)
-        raw, next_cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE)
-        page = valid_messages(cid, raw, rejects)
+        pages = Pages(self.client, cid, count)
+        first = pages.get("desc")
+        page = valid_messages(cid, first.raw, rejects)
         ids = [m["id"] for m in page]
         ordered = all(a["createdAt"] >= b["createdAt"] for a, b in zip(page, page[1:]))
-        if newest is not None and newest in ids and ordered and len(raw) >= MESSAGE_PAGE:
+        if newest is not None and newest in ids and ordered and first.full:
             # everything newer than the newest held message is in this page; messages of the
             # same second may sit on either side of it, so the mirror says which are held.
             # Messages change after they are created (metadata.deliveryStatus) without an
@@ -91,21 +154,27 @@ class MessageReader:
                 return Read(page, False, False, gone)
         collected = {m["id"]: m for m in page}
         oldest_page: list[dict] = []
-        if len(raw) >= MESSAGE_PAGE and len(collected) < count:
-            self._read_further(cid, count, len(raw), next_cursor, collected, rejects)
-            if len(collected) < count:
-                oldest, _ = self.client.list_messages(cid, order="asc", limit=MESSAGE_PAGE)
-                oldest_page = valid_messages(cid, oldest, rejects)
-                for m in oldest_page:
-                    collected.setdefault(m["id"], m)
-        complete = (len(collected) == count or (unknown and len(raw) < MESSAGE_PAGE)) \
-            and not rejects
+        if first.full and len(collected) < count:
+            self._read_further(pages, count, first, collected, rejects)
+            if len(collected) + len(pages.oversized) < count:
+                oldest_page = self._read_oldest(pages, collected, rejects)
+        oversized = len(pages.oversized)
+        complete = (len(collected) == count or (unknown and not first.full)) \
+            and not rejects and not oversized
         if complete:
             return Read(list(collected.values()), True, True)
         log.info("conversation %s: %d of its %s messages read", cid, len(collected),
                  "unknown number of" if unknown else count)
         gone = [] if rejects else self._proven_gone(cid, page, ordered, oldest_page, collected)
-        return Read(list(collected.values()), False, False, gone)
+        return Read(list(collected.values()), False, False, gone, oversized)
+
+    def _read_oldest(self, pages: Pages, collected: dict, rejects: list) -> list[dict]:
+        """The oldest page (`order=asc`): its valid messages, also added to `collected`."""
+        page = pages.get("asc")
+        oldest = valid_messages(pages.cid, page.raw, rejects)
+        for m in oldest:
+            collected.setdefault(m["id"], m)
+        return oldest
 
     def _proven_gone(self, cid: str, newest_page: list[dict], newest_ordered: bool,
                      oldest_page: list[dict], collected: dict) -> list[str]:
@@ -124,41 +193,49 @@ class MessageReader:
                       if mid not in collected and at is not None
                       and any(inside(at) for inside in bounds))
 
-    def _read_further(self, cid: str, count: int, offset: int, cursor: str | None,
-                      collected: dict, rejects: list) -> None:
-        """Past the first 100: follow a message cursor if the server offers one, else try the
+    def _read_further(self, pages: Pages, count: int, first: Page, collected: dict,
+                      rejects: list) -> None:
+        """Past the first page: follow a message cursor if the server offers one, else try the
         undocumented `offset` parameter. Either is trusted only while it returns messages not
         seen before; an overlap-only page, a refusal, a repeated cursor, a short page or the
-        page budget ends the reading."""
+        page budget ends the reading. A message over the size limit alone is stepped over by
+        offset (a cursor cannot step over it: the reading ends there)."""
+        cursor, offset = first.cursor, first.slots
         if cursor is None and self.offset_paging is False:
             return
-        budget, cursors = count // MESSAGE_PAGE + 2, set()
-        while len(collected) < count and budget > 0:
+        budget, cursors = count + 2, set()
+        while len(collected) + len(pages.oversized) < count and budget > 0:
             budget -= 1
             by_cursor = cursor is not None
             if by_cursor and cursor in cursors:
                 return
             cursors.add(cursor)
-            where = {"cursor": cursor} if by_cursor else {"offset": offset}
             try:
-                raw, cursor = self.client.list_messages(cid, order="desc", limit=MESSAGE_PAGE,
-                                                        **where)
+                page = pages.get("desc", cursor=cursor) if by_cursor else \
+                    pages.get("desc", offset=offset)
             except BadRequestError:
                 if not by_cursor:
                     self._offset_unsupported()
                 return
-            fresh = [m for m in valid_messages(cid, raw, rejects)
+            if page.oversized:
+                if by_cursor or not self.offset_paging:
+                    pages.oversized.discard(("desc", offset))   # not known to be one message
+                    return
+                offset += 1
+                continue
+            cursor = page.cursor
+            fresh = [m for m in valid_messages(pages.cid, page.raw, rejects)
                      if m["id"] not in collected]
             if not fresh:
-                if raw and not by_cursor:
+                if page.raw and not by_cursor:
                     self._offset_unsupported()
                 return
             if not by_cursor:
                 self.offset_paging = True
             for m in fresh:
                 collected[m["id"]] = m
-            offset += len(raw)
-            if (by_cursor and cursor is None) or (not by_cursor and len(raw) < MESSAGE_PAGE):
+            offset += page.slots
+            if (by_cursor and cursor is None) or (not by_cursor and not page.full):
                 return
 
     def _offset_unsupported(self) -> None:

@@ -125,7 +125,8 @@ class Sync:
         self._read = [0, 0]                       # conversations and messages read, for progress
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
-                        "rejects": 0, "pages": 0, "conversations_seen": 0, "anomalies": 0}
+                        "rejects": 0, "pages": 0, "conversations_seen": 0, "anomalies": 0,
+                        "messages_oversized": 0}
 
     # -- the run -----------------------------------------------------------------------------
     def run(self) -> Summary:
@@ -528,6 +529,8 @@ class Sync:
             self._count(anomalies=1)
         state = (0, None, False) if new else self.store.message_state(cid)
         read = self._messages.read(cid, row["messageCount"], state, rejects)
+        if read.oversized:
+            self._count(messages_oversized=read.oversized)
         return Fetched(row, read.messages, read.complete, read.drop_others, new, rejects,
                        gen=gen, gone=read.gone)
 

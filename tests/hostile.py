@@ -34,7 +34,8 @@ def page(records, next_cursor=None, has_more=None, total=None):
 
 
 class HostileServer:
-    """`respond(path, query) -> (status, headers, body)`; body may be bytes, str or JSON data."""
+    """`respond(path, query) -> (status, headers, body)`; body may be bytes, str or JSON data.
+    A "Content-Length" header of "" sends the body without one, ended by closing."""
 
     def __init__(self, respond):
         self.respond = respond
@@ -62,9 +63,14 @@ class HostileServer:
                     body = body.encode()
                 self.send_response(status)
                 headers = {"Content-Type": "application/json", **headers}
+                undeclared = headers.pop("Content-Length", None) == ""   # the body ends at close
                 for k, v in headers.items():
                     self.send_header(k, v)
-                self.send_header("Content-Length", str(len(body)))
+                if undeclared:
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
 

@@ -114,14 +114,40 @@ def test_message_list_ignoring_limit_with_10000_items(tmp_path):
     assert fts_ok(tmp_path / "m.db")
 
 
-def test_answer_over_the_size_limit_is_refused(tmp_path):
+def test_a_message_over_the_size_limit_alone_is_a_gap_not_a_failure(tmp_path):
+    """Asked again with limit=1, the answer is still over the limit: that one message cannot
+    be read. The conversation is mirrored with it as a gap, and the run goes on."""
     huge = "x" * (2 * 1024 * 1024)
     with serve([conversation("c1", 1)], messages={"c1": [message("c1", 1, content=huge)]}) as s:
         summary = run_sync(settings(s, tmp_path / "m.db", max_response_bytes=1024 * 1024))
-    assert summary.outcome == "partial" and summary.counts["conversations_failed"] == 1
-    assert s.count(LIST + "/c1/messages") == 1          # not retried: it would not shrink
-    assert rows(tmp_path / "m.db", "SELECT id FROM _sync_queue") == [("c1",)]
-    assert rows(tmp_path / "m.db", "SELECT last_error FROM _sync_queue")[0][0].count("limit")
+    assert summary.outcome == "ok" and summary.counts["messages_oversized"] == 1
+    assert s.count(LIST + "/c1/messages") == 2          # limit=100, then limit=1
+    assert rows(tmp_path / "m.db", "SELECT id FROM _sync_queue") == []
+    assert rows(tmp_path / "m.db", "SELECT id, _messages_held, _messages_missing "
+                                   "FROM conversations") == [("c1", 0, 1)]
+
+
+def test_an_answer_cut_off_at_the_limit_is_asked_again_smaller(tmp_path):
+    """Without a Content-Length the answer is read until the limit: then halved."""
+    big = "y" * (300 * 1024)
+    msgs = [message("c1", n, content=big) for n in range(6)]
+    records = [conversation("c1", 6)]
+
+    def respond(path, query):
+        if path == LIST:
+            return 200, {}, page(records)
+        if path.endswith("/messages"):
+            served = msgs[::-1] if query.get("order") == "desc" else msgs
+            start = int(query.get("offset", 0))
+            return 200, {"Content-Length": ""}, {
+                "data": served[start:start + int(query["limit"])]}
+        return 200, {}, records[0]
+    with HostileServer(respond) as s:
+        summary = run_sync(settings(s, tmp_path / "m.db", max_response_bytes=1024 * 1024))
+    assert summary.outcome == "ok" and summary.gaps == []
+    assert rows(tmp_path / "m.db", "SELECT count(*) FROM messages") == [(6,)]
+    limits = [int(q["limit"]) for path, q, _ in s.requests if path.endswith("/messages")]
+    assert limits[:3] == [100, 3, 3]    # 6 served of 6 asked: half; then twice that, cut
 
 
 def test_five_megabyte_message_is_stored_whole(tmp_path):

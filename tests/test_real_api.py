@@ -3,10 +3,12 @@ after they are created, records the mirror must not reject, lists that give no t
 unless asked, an early stop only on evidence, pages too large for one answer, gap labels.
 Each test compares the mirror with the simulator's data after every run that exits 0."""
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
-from support import assert_exact, assert_exact_except_gaps, settings_for
+from support import assert_exact, assert_exact_except_gaps, process_env, settings_for
 
 from syncer.runner import run_sync
 from syncer.simulator import Behaviour, SimulatorServer, generate
@@ -226,3 +228,62 @@ def test_a_server_that_never_counts_is_walked_soundly(tmp_path):
         assert_exact(db, upstream)
         assert all(info.get("total") is None for info in seen if "walk" in info)
         assert summary.counts["pages"] >= 2 * 7     # walked again to prove no shift
+
+
+MB = 1024 * 1024
+
+
+def _with_big_messages(upstream, cid, sizes):
+    """Messages of these sizes (bytes of content) added to `cid`, newest last."""
+    for n, size in enumerate(sizes):
+        upstream.add_message(cid, f"{n} " + "x" * size)
+
+
+@pytest.mark.parametrize("paging", ["offset", "none"])
+def test_a_messages_page_too_large_is_asked_again_smaller(tmp_path, paging):
+    """Three 400 KB messages make the newest page 1.2 MB, over a 1 MB limit: it is asked
+    again with a smaller limit until it fits, and the conversation is mirrored whole. A
+    conversation of 150 messages with big ones among them too (with offset paging)."""
+    upstream = generate(seed=8, conversations=6)
+    small, long = upstream.conversation_ids()[:2]
+    _with_big_messages(upstream, small, [400_000] * 3)
+    _with_big_messages(upstream, long, [300_000, 10, 10, 300_000, 300_000, 300_000] + [10] * 60)
+    with SimulatorServer(upstream, Behaviour(message_paging=paging)) as server:
+        db = tmp_path / "m.db"
+        for _ in range(2):
+            summary = sync(server, db, max_response_bytes=MB)
+            assert summary.exit_code == 0, summary.error
+            if paging == "offset":
+                assert_exact(db, upstream)
+            else:
+                gaps = assert_exact_except_gaps(db, upstream)
+                assert small not in gaps
+            _with_big_messages(upstream, small, [400_000])
+
+
+def test_a_single_message_over_the_limit_is_a_reported_gap(tmp_path):
+    """A message that alone is over the limit cannot be read: the rest of its conversation
+    is mirrored, the one message is a gap the summary names, and the run exits 0."""
+    upstream = generate(seed=8, conversations=4)
+    cid = upstream.conversation_ids()[0]
+    _with_big_messages(upstream, cid, [10, 2 * MB, 10])
+    too_big = upstream._message_records(cid)[-2]["id"]
+    with SimulatorServer(upstream, Behaviour(message_paging="offset")) as server:
+        db = tmp_path / "m.db"
+        summary = sync(server, db, max_response_bytes=MB)
+        assert summary.exit_code == 0, summary.error
+        assert summary.counts["messages_oversized"] == 1
+        gaps = assert_exact_except_gaps(db, upstream)
+        count = upstream._record(cid)["messageCount"]
+        assert gaps == {cid: (count - 1, count)}
+        held = {r[0] for r in sqlite3.connect(db).execute(
+            "SELECT id FROM messages WHERE conversationId = ?", (cid,))}
+        assert too_big not in held and len(held) == count - 1
+        config = tmp_path / "syncer.toml"
+        config.write_text("[api]\nmax_response_mb = 1\n")
+        run = subprocess.run([sys.executable, "-m", "syncer", "--config", str(config), "--db",
+                              str(tmp_path / "cli.db"), "sync"], env=process_env(server),
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert ("1 message is over [api].max_response_mb (1 MB) on its own and could not be "
+                "read") in run.stdout
