@@ -10,7 +10,7 @@ import click
 
 from .cli_context import App, Choice, install_stop_handlers, command, pass_app
 from .config import parse_duration
-from .errors import ConfigError
+from .errors import ConfigError, DamagedError, SyncerError
 
 
 def _daemon_logging() -> None:
@@ -78,8 +78,10 @@ def daemon(app: App, interval: str | None, cron_expr: str | None, no_initial_run
 def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
     """Show recent runs, the watermark, the queue, gaps, rejects and the database size.
 
-    Reads only (never takes the writer lock), so it works while a sync runs. With --check it is
-    a health check: exit 0 healthy, 1 stale or never synced, 2 no usable database.
+    Reads only (never takes the writer lock), so it works while a sync runs. It probes the
+    file for damage (every page of a small file, a sample of a large one; `verify --integrity`
+    reads every page). With --check it is a health check: exit 0 healthy, 1 stale, never
+    synced or damaged, 2 no usable database. A damaged file exits 1 without --check too.
 
     \b
     Examples:
@@ -92,7 +94,16 @@ def status_command(app: App, fmt: str, check: bool, max_age: str, runs: int):
     except ValueError as e:
         raise ConfigError(f"--max-age: {e}") from None
     settings = app.settings()
-    info = status.gather(settings.db_path, runs=runs)
+    try:
+        info = status.gather(settings.db_path, runs=runs)
+    except DamagedError as e:
+        if fmt == "json":
+            click.echo(json.dumps({"database": settings.db_path,
+                                   "integrity": {"ok": False, "problem": str(e)},
+                                   "check": {"healthy": False, "message": f"unhealthy: {e}"}},
+                                  indent=2))
+            sys.exit(1)
+        raise SyncerError(str(e)) from None      # exit 1, the one line and its advice
     healthy, message = status.check(info, max_seconds)
     if fmt == "json":
         info["check"] = {"healthy": healthy, "max_age_seconds": max_seconds, "message": message}

@@ -103,7 +103,7 @@ def gap_lines(gaps: list[tuple[str, int | None, int]]) -> list[str]:
 def _queued(db_path: str) -> int | None:
     from . import status
     try:
-        return status.gather(db_path, runs=1)["queue"]["size"]
+        return status.gather(db_path, runs=1, probe=False)["queue"]["size"]
     except (SyncerError, sqlite3.Error):
         return None
 
@@ -267,10 +267,13 @@ def _syncer_command() -> str:
                    "out of step).")
 @click.option("--deep", is_flag=True,
               help="Also read every conversation's messages and compare each held message.")
+@click.option("--integrity", is_flag=True,
+              help="Instead: check every page of the file for damage (no API request), with "
+                   "a progress line.")
 @click.option("--format", "fmt", type=Choice(["text", "json"]), default="text",
               show_default=True, help="json: the whole report, for monitoring.")
 @pass_app
-def verify(app: App, fix: bool, deep: bool, fmt: str):
+def verify(app: App, fix: bool, deep: bool, integrity: bool, fmt: str):
     """Compare the mirror's rows with the API's conversation list (--deep: and every message).
 
     Exits 0 only when the mirror is exact: nothing missing, extra or stale, every conversation
@@ -282,7 +285,12 @@ def verify(app: App, fix: bool, deep: bool, fmt: str):
       syncer --db mirror.db verify
       syncer --db mirror.db verify --deep --format json
       syncer --db mirror.db verify --fix && syncer --db mirror.db sync
+      syncer --db mirror.db verify --integrity   # the whole file, for damage; 1 if damaged
     """
+    if integrity:
+        if fix or deep:
+            raise ConfigError("--integrity checks the file only; run --fix or --deep apart")
+        _verify_integrity(app, fmt)
     from .runner import run_verify
     report = run_verify(app.settings(), fix=fix, deep=deep)
     if fmt == "json":
@@ -292,6 +300,36 @@ def verify(app: App, fix: bool, deep: bool, fmt: str):
         for line in describe(report, fix=fix):
             click.echo(line)
     sys.exit(0 if report.exact else 1)
+
+
+def _verify_integrity(app: App, fmt: str) -> None:
+    """`verify --integrity`: SQLite's integrity check of every page, a progress line on a
+    terminal's stderr; exit 0 intact, 1 damaged (with the recovery advice)."""
+    from .integrity import check_all
+    from .store import Store
+    path = app.settings().db_path
+    line = sys.stderr.isatty() and app.log_format == "text"
+
+    def progress(done: int, total: int, table: str) -> None:
+        if line:
+            sys.stderr.write(f"\r\x1b[Kchecking {path}: {done * 100 // max(total, 1)} % "
+                             f"({table})")
+            sys.stderr.flush()
+    store = Store.open_readonly(path)
+    try:
+        result = check_all(store.conn, progress)
+    finally:
+        store.close()
+        if line:
+            sys.stderr.write("\r\x1b[K")
+    if fmt == "json":
+        click.echo(json.dumps({"database": path, "ok": result.ok, "covered": result.covered,
+                               "problem": result.problem}, indent=2))
+    elif result.ok:
+        click.echo(f"{path}: no damage found in {result.covered}")
+    if not result.ok:
+        raise SyncerError(Store.damaged(path, result.problem or "integrity check"))
+    sys.exit(0)
 
 
 @command()

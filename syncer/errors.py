@@ -3,6 +3,8 @@
     SyncerError                  base; str(error) is one line for a user, never the API key
     ├── ConfigError              bad configuration or usage            -> exit 2
     ├── StoreError               the database is missing, foreign or unusable -> exit 2
+    │   └── DamagedError         SQLite found the file damaged (`status` calls it unhealthy:
+    │                            exit 1)
     ├── LockedError              another process writes the mirror      -> exit 4
     ├── Interrupted              a stop request ended a request in flight: the run is
     │                            "interrupted", nothing failed
@@ -31,6 +33,10 @@ class ConfigError(SyncerError):
 
 class StoreError(SyncerError):
     exit_code = 2
+
+
+class DamagedError(StoreError):
+    pass
 
 
 class LockedError(SyncerError):

@@ -1,7 +1,9 @@
 """What `syncer status` reports: recent runs, how current the mirror is, what is pending.
 
 Reads a read-only connection (works while a sync writes, thanks to WAL) and never takes the
-writer lock; who is writing comes from the lock file's contents (`lock.holder`). A run recorded
+writer lock. It also probes the file's integrity within a bound (integrity.probe: every page of
+a small file, a timed sample of a large one): damage is a DamagedError, which `status` reports
+as unhealthy (exit 1). who is writing comes from the lock file's contents (`lock.holder`). A run recorded
 as running while no writer is alive was killed: it is shown as "killed", as the next run
 records it.
 """
@@ -11,7 +13,8 @@ import os
 import sqlite3
 from datetime import datetime, timezone
 
-from . import lock
+from . import integrity, lock
+from .errors import DamagedError
 from .store import Store
 from .transform import parse_instant
 from .zones import DEFAULT, Zone
@@ -44,45 +47,69 @@ def _messages(conn) -> int:
         return conn.execute("SELECT count(*) FROM messages").fetchone()[0]
 
 
-def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
-    """Everything status shows, as plain JSON-ready values. StoreError if there is no mirror."""
+def gather(db_path: str, *, runs: int = 5, now: datetime | None = None,
+           probe: bool = True) -> dict:
+    """Everything status shows, as plain JSON-ready values. StoreError if there is no mirror,
+    DamagedError if SQLite or the integrity probe (`probe`) finds it damaged."""
     now = now or datetime.now(timezone.utc)
     store = Store.open_readonly(db_path)
     try:
         conn = store.conn
-        q = lambda sql, *args: conn.execute(sql, args).fetchone()  # noqa: E731
-        cur = conn.execute(f"SELECT {', '.join(RUN_FIELDS)} FROM _sync_runs "
-                           "ORDER BY id DESC LIMIT ?", (runs,))
-        recent = []
-        for row in cur:
-            run = dict(zip(RUN_FIELDS, row))
-            run["early_stop"] = bool(run["early_stop"])
-            end = run["finished_at"]
-            run["seconds"] = (round((parse_instant(end) - parse_instant(run["started_at"]))
-                                    .total_seconds(), 3) if end else None)
-            recent.append(run)
-        ok = q("SELECT started_at, finished_at FROM _sync_runs WHERE outcome = 'ok' "
-               "ORDER BY id DESC LIMIT 1")
-        mark = q("SELECT watermark, walk_started_at FROM _sync_runs "
-                 "WHERE watermark IS NOT NULL ORDER BY watermark DESC, id DESC LIMIT 1")
-        # each count read off an index (migrations V3), not a scan of the rows
-        deleted = q("SELECT count(*) FROM conversations WHERE _deleted_at IS NOT NULL")[0]
-        live = q("SELECT count(*) FROM conversations")[0] - deleted
-        queue = q("SELECT count(*), sum(attempts > 0), min(queued_at) FROM _sync_queue")
-        last_error = q("SELECT id, last_error FROM _sync_queue WHERE last_error IS NOT NULL "
-                       "ORDER BY attempts DESC, queued_at LIMIT 1")
-        gaps = q("SELECT count(*), coalesce(sum(_messages_missing), 0) FROM conversations "
-                 "WHERE _messages_complete = 0 AND _deleted_at IS NULL")
-        rejects = dict(conn.execute("SELECT endpoint, count(*) FROM _rejects GROUP BY endpoint"))
-        # conversations quarantined and not mirrored since: the mirror lacks them
-        rejected = q("SELECT count(DISTINCT r.record_id) FROM _rejects r "
-                     "WHERE r.endpoint IN ('list', 'detail', 'store') AND NOT EXISTS ("
-                     "SELECT 1 FROM conversations c WHERE c.id = r.record_id "
-                     "AND c._deleted_at IS NULL AND c._synced_at >= r.last_seen_at)")[0]
-        messages = _messages(conn)
-        upstream = q("SELECT value FROM _sync_state WHERE key = 'upstream_url'")
+        try:
+            found = _read(conn, runs)
+        except sqlite3.DatabaseError as e:
+            raise Store.error_for(db_path, e) from None
+        checked = integrity.probe(conn, db_path) if probe else None
+        if checked is not None and not checked.ok:
+            raise DamagedError(Store.damaged(db_path, checked.problem or "integrity probe"))
     finally:
         store.close()
+    return _report(db_path, now, found, checked)
+
+
+def _read(conn: sqlite3.Connection, runs: int) -> dict:
+    """What status reads of the database, as named query results."""
+    q = lambda sql, *args: conn.execute(sql, args).fetchone()  # noqa: E731
+    cur = conn.execute(f"SELECT {', '.join(RUN_FIELDS)} FROM _sync_runs "
+                       "ORDER BY id DESC LIMIT ?", (runs,))
+    recent = []
+    for row in cur:
+        run = dict(zip(RUN_FIELDS, row))
+        run["early_stop"] = bool(run["early_stop"])
+        end = run["finished_at"]
+        run["seconds"] = (round((parse_instant(end) - parse_instant(run["started_at"]))
+                                .total_seconds(), 3) if end else None)
+        recent.append(run)
+    ok = q("SELECT started_at, finished_at FROM _sync_runs WHERE outcome = 'ok' "
+           "ORDER BY id DESC LIMIT 1")
+    mark = q("SELECT watermark, walk_started_at FROM _sync_runs "
+             "WHERE watermark IS NOT NULL ORDER BY watermark DESC, id DESC LIMIT 1")
+    # each count read off an index (migrations V3), not a scan of the rows
+    deleted = q("SELECT count(*) FROM conversations WHERE _deleted_at IS NOT NULL")[0]
+    live = q("SELECT count(*) FROM conversations")[0] - deleted
+    queue = q("SELECT count(*), sum(attempts > 0), min(queued_at) FROM _sync_queue")
+    last_error = q("SELECT id, last_error FROM _sync_queue WHERE last_error IS NOT NULL "
+                   "ORDER BY attempts DESC, queued_at LIMIT 1")
+    gaps = q("SELECT count(*), coalesce(sum(_messages_missing), 0) FROM conversations "
+             "WHERE _messages_complete = 0 AND _deleted_at IS NULL")
+    rejects = dict(conn.execute("SELECT endpoint, count(*) FROM _rejects GROUP BY endpoint"))
+    # conversations quarantined and not mirrored since: the mirror lacks them
+    rejected = q("SELECT count(DISTINCT r.record_id) FROM _rejects r "
+                 "WHERE r.endpoint IN ('list', 'detail', 'store') AND NOT EXISTS ("
+                 "SELECT 1 FROM conversations c WHERE c.id = r.record_id "
+                 "AND c._deleted_at IS NULL AND c._synced_at >= r.last_seen_at)")[0]
+    messages = _messages(conn)
+    upstream = q("SELECT value FROM _sync_state WHERE key = 'upstream_url'")
+    return dict(recent=recent, ok=ok, mark=mark, deleted=deleted, live=live, queue=queue,
+                last_error=last_error, gaps=gaps, rejects=rejects, rejected=rejected,
+                messages=messages, upstream=upstream)
+
+
+def _report(db_path: str, now: datetime, found: dict,
+            probe: integrity.Probe | None) -> dict:
+    recent, ok, mark, queue = found["recent"], found["ok"], found["mark"], found["queue"]
+    last_error, gaps, rejects = found["last_error"], found["gaps"], found["rejects"]
+    upstream = found["upstream"]
     writer = lock.holder(db_path)
     for i, run in enumerate(recent):
         # only the newest run can be in progress, and only while a writer holds the lock
@@ -95,8 +122,9 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
         "generated_at": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "writer": writer,
         "upstream": upstream[0] if upstream else None,
-        "conversations": {"live": live, "deleted": deleted},
-        "messages": messages,
+        "conversations": {"live": found["live"], "deleted": found["deleted"]},
+        "messages": found["messages"],
+        "integrity": {"ok": probe.ok, "covered": probe.covered} if probe else None,
         "last_success": {"started_at": ok[0], "finished_at": ok[1],
                          "age_seconds": _age(now, last_ok_at)} if ok else None,
         "watermark": {"value": mark[0], "complete_through": mark[1],
@@ -106,7 +134,7 @@ def gather(db_path: str, *, runs: int = 5, now: datetime | None = None) -> dict:
                                  if last_error else None)},
         "gaps": {"conversations": gaps[0], "messages_missing": gaps[1]},
         "rejects": {"records": sum(rejects.values()), "by_endpoint": rejects,
-                    "conversations_missing": rejected},
+                    "conversations_missing": found["rejected"]},
         "runs": recent,
     }
 
@@ -188,6 +216,8 @@ def render(status: dict, zone: Zone = DEFAULT) -> str:
                  + (f" ({detail})" if detail else "")
                  + (f"; {missing:,} conversation{'' if missing == 1 else 's'} not mirrored"
                     if missing else ""))
+    if s.get("integrity"):
+        lines.append(f"integrity   no damage found in {s['integrity']['covered']}")
     if not s["runs"]:
         lines.append("runs        none yet")
         return "\n".join(lines)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import migrations
-from .errors import LockedError, StoreError
+from .errors import DamagedError, LockedError, StoreError
 from .transform import CONVERSATION_FIELDS, DETAIL_FIELDS, MESSAGE_FIELDS, format_instant
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class Store:
         """The one-line error, saying what to do, for an SQLite error on the database `path`."""
         code = (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF
         if code == sqlite3.SQLITE_CORRUPT:
-            return StoreError(cls._damaged(path, str(e)))
+            return DamagedError(cls.damaged(path, str(e)))
         if code == sqlite3.SQLITE_NOTADB:
             return StoreError(f"{path} is not a SQLite database ({e}): check --db; if it is "
                               f"the mirror, it is damaged: {cls._RECOVERY}")
@@ -208,7 +208,7 @@ class Store:
         return StoreError(f"cannot use the database {path}: {e}")
 
     @classmethod
-    def _damaged(cls, path: str, detail: str) -> str:
+    def damaged(cls, path: str, detail: str) -> str:
         detail = " ".join(detail.replace("*** in database main ***", "").split())
         return f"the database {path} is damaged ({detail[:160]}): {cls._RECOVERY}"
 
@@ -222,7 +222,7 @@ class Store:
         """StoreError if SQLite's quick_check finds damage (it reads every page once)."""
         first = conn.execute("PRAGMA quick_check(1)").fetchone()
         if first is not None and first[0] != "ok":
-            raise StoreError(cls._damaged(path, first[0]))
+            raise DamagedError(cls.damaged(path, first[0]))
 
     @staticmethod
     def _check_writable(conn: sqlite3.Connection) -> None:

@@ -64,6 +64,7 @@ def test_status_json_reports_runs_queue_gaps_rejects_and_size(synced):
     assert queue["size"] == 1 and queue["failing"] == 1
     assert queue["last_error"]["id"] == broken
     assert "connection failed" in queue["last_error"]["error"]
+    assert info.pop("integrity") == {"ok": True, "covered": "every page (SQLite's quick_check)"}
     assert info.pop("check") == {"healthy": False, "max_age_seconds": 3600.0,
                                  "message": "unhealthy: no successful sync yet"}
     rejects = info.pop("rejects")
@@ -101,6 +102,7 @@ def test_status_text_and_check_once_the_next_run_succeeds(synced):
     assert lines[2] == f"upstream    {server.base_url}"
     assert lines[3] == "writer      none"
     assert lines[6] == "queue       0 conversations waiting"
+    assert lines[9] == "integrity   no damage found in every page (SQLite's quick_check)"
     assert lines[-1].startswith("healthy: last successful sync ")
     table = lines[lines.index("") + 1:-1]
     assert table[0].split() == ["started", "took", "outcome", "mode", "changed", "deleted",
