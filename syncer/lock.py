@@ -5,7 +5,10 @@ whole life. The kernel drops a flock when its holder dies, however it dies (SIGK
 loss of the process), so a lock left by a killed process never blocks the next run: that is the
 stale-lock detection, with no pid guessing. The file is never deleted (deleting a flock file lets
 two processes lock two different inodes); it holds the holder's pid, role and start time, for
-the "who is writing" message, and is emptied on release.
+the "who is writing" message, and is emptied on release. A holder writes its details an instant
+after it took the lock, in one write over whatever was there (never through an empty file); a
+process that finds the lock held waits up to DETAILS_WAIT for them, so that it can always say
+who is writing.
 
 Read commands never take the lock; `holder()` only reads the file.
 
@@ -20,11 +23,14 @@ import fcntl
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .errors import LockedError, StoreError
+
+DETAILS_WAIT = 2.0     # seconds a process that finds the lock held waits for the holder's details
 
 
 def lock_path(db_path: str) -> Path:
@@ -53,18 +59,33 @@ class WriterLock:
         except OSError as e:
             raise StoreError(f"cannot open the lock file {self.path}: {e.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            self._lock(fd)
+        except BaseException:
             os.close(fd)
-            raise LockedError(locked_message(self.db_path, holder(self.db_path))) from None
-        except OSError as e:
-            os.close(fd)
-            raise StoreError(f"cannot lock {self.path}: {e.strerror}") from None
+            raise
         info = {"pid": os.getpid(), "role": self.role,
                 "since": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        details = json.dumps(info).encode()
+        os.pwrite(fd, details, 0)
+        os.ftruncate(fd, len(details))
         self._fd = fd
+
+    def _lock(self, fd: int) -> None:
+        """Take the flock, or raise LockedError naming the holder: its details are waited for
+        (up to DETAILS_WAIT) while the lock stays held, since a holder writes them an instant
+        after taking it; should the lock come free meanwhile, it is taken."""
+        deadline = time.monotonic() + DETAILS_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                info = holder(self.db_path)
+                if info is not None or time.monotonic() >= deadline:
+                    raise LockedError(locked_message(self.db_path, info)) from None
+                time.sleep(0.01)
+            except OSError as e:
+                raise StoreError(f"cannot lock {self.path}: {e.strerror}") from None
 
     def release(self) -> None:
         if self._fd is None:

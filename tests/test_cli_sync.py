@@ -3,10 +3,9 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 
 import pytest
-from support import KEY, assert_exact, assert_exact_except_gaps
+from support import KEY, assert_exact, assert_exact_except_gaps, wait_for
 
 from syncer.simulator import Behaviour, SimulatorServer, generate
 
@@ -23,6 +22,9 @@ def served():
     upstream = generate(seed=31, conversations=40, big_conversations=1)
     with SimulatorServer(upstream, Behaviour(message_paging="offset")) as server:
         yield upstream, server
+
+
+LIST = "/v1/messaging/conversations"
 
 
 def env_for(server, key=KEY):
@@ -102,21 +104,30 @@ def test_key_never_reaches_output_logs_or_database(served, tmp_path):
         assert secret.encode() not in data and b"leaky_key" not in data, path
 
 
-def test_sigkill_at_random_moments_then_rerun_is_exact(tmp_path):
+def test_sigkill_at_observed_moments_then_rerun_is_exact(tmp_path):
     """Kill a real sync process part-way, several times, changing upstream in between; a final
-    run leaves the mirror equal to upstream, with no duplicates."""
-    upstream = generate(seed=37, conversations=150, big_conversations=2)
+    run leaves the mirror equal to upstream, with no duplicates. Each kill waits for an event
+    the test sees (requests served), not for a fixed delay, so that a slow
+    machine cannot make it land before the sync did anything."""
+    upstream = generate(seed=37, conversations=400, big_conversations=2)
     behaviour = Behaviour(latency_ms=15, message_paging="none", list_order="shuffled")
     db = tmp_path / "m.db"
     with SimulatorServer(upstream, behaviour) as server:
         env = env_for(server)
         env_all = {k: v for k, v in os.environ.items() if not k.startswith(("RUNTYPE_", "SYNC"))}
         env_all.update(env)
-        for i, delay in enumerate((0.6, 1.1, 0.3, 1.7)):
+        messages = lambda: server.count(LIST + "/")  # noqa: E731 - message pages served
+        moments = (("during the first list pages", lambda: server.count(LIST) >= 2),
+                   ("early in the fetching", lambda: messages() >= 30),
+                   ("late in the fetching", lambda: messages() >= 150),
+                   ("as a resumed run fetches", lambda: messages() >= 10))
+        for i, (what, moment) in enumerate(moments):
+            server.reset_log()
             p = subprocess.Popen([sys.executable, "-m", "syncer", "--db", str(db), "sync"],
                                  env=env_all, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-            time.sleep(delay)
+            wait_for(lambda: moment() or p.poll() is not None, what, timeout=60)
+            assert p.poll() is None, f"the sync ended before the kill {what}"
             p.kill()
             p.wait()
             ids = upstream.conversation_ids()

@@ -168,3 +168,47 @@ def test_status_reads_while_a_sync_writes(world):
     out, err = writer.communicate(timeout=60)
     assert writer.returncode == 0, err
     assert_exact(tmp_path / "m.db", upstream)
+
+
+def test_the_loser_names_a_holder_that_has_not_written_its_details_yet(tmp_path):
+    """The window between a holder's flock and its details reaching the file: a process that
+    finds the lock held in that window still names the holder (pid and start time)."""
+    import fcntl
+    db = str(tmp_path / "m.db")
+    fd = os.open(lock.lock_path(db), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)     # held, details not written yet
+    details = {"pid": os.getpid(), "role": "sync", "since": "2026-12-08T02:00:00Z"}
+    late = threading.Timer(0.2, lambda: os.pwrite(fd, json.dumps(details).encode(), 0))
+    late.start()
+    try:
+        with pytest.raises(LockedError) as caught:
+            lock.WriterLock(db).acquire()
+        assert str(caught.value) == (f"another syncer (pid {os.getpid()}, since "
+                                     f"2026-12-08T02:00:00Z) is writing {db}")
+    finally:
+        late.join()
+        os.close(fd)
+
+
+def test_a_lock_file_rewritten_never_reads_empty(tmp_path):
+    """A new holder replaces a killed holder's details in one write, never through an empty
+    file: a reader polling meanwhile sees the old details or the new ones."""
+    db = str(tmp_path / "m.db")
+    lock.lock_path(db).write_text(json.dumps({"pid": 1, "role": "sync", "since": "x"}))
+    seen, done = set(), threading.Event()
+
+    def read():
+        while not done.is_set():
+            seen.add(lock.lock_path(db).read_text()[:1])
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        for _ in range(200):
+            held = lock.WriterLock(db)
+            held.acquire()
+            held._fd, fd = None, held._fd
+            os.close(fd)                  # dropped as a killed holder drops it: details stay
+    finally:
+        done.set()
+        reader.join()
+    assert seen == {"{"}
