@@ -137,11 +137,13 @@ def _error_text(body: bytes) -> str:
 
 class RuntypeClient:
     def __init__(self, settings: Settings, *, transport: httpx.BaseTransport | None = None,
-                 stop: threading.Event | None = None):
+                 stop: threading.Event | None = None, bounds: bounded.Bounds | None = None):
+        """`bounds`: the deadlines of requests (tests give one with a faster clock); its stop
+        event is then the client's."""
         key = settings.require_key()
         self.settings = settings
         # set: waits end at once, no more retries, requests in flight end within seconds
-        self.stop = stop or threading.Event()
+        self.stop = bounds.stop if bounds is not None else stop or threading.Event()
         self.counters = Counters()
         self.pacer = retry.Pacer()
         self.clock = retry.ServerClock()
@@ -149,7 +151,7 @@ class RuntypeClient:
         self._answered = False          # the server has answered at least once
         self._said: set[str] = set()    # warnings already logged
         self._lock = threading.Lock()
-        self._bounds = bounded.Bounds(self.stop)
+        self._bounds = bounds or bounded.Bounds(self.stop)
         self._where = _origin(settings.base_url)
         pool = settings.concurrency + 2
         limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)

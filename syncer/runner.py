@@ -19,14 +19,16 @@ STATE_GAPS = "gaps_reported"     # a digest of the incomplete conversations the 
 
 def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | None = None,
              progress: Callable[[dict], None] | None = None, transport=None,
-             max_delete: str | None = None, rebind: bool = False) -> Summary:
+             max_delete: str | None = None, rebind: bool = False, bounds=None) -> Summary:
+    """One sync. `transport` and `bounds` (the requests' deadlines, with their clock) are for
+    tests."""
     settings.require_key()
     with lock.writing(settings.db_path):
         store = Store.open(settings.db_path)
         try:
             binding.check(store, settings, rebind=rebind)
-            stop = stop or threading.Event()
-            with RuntypeClient(settings, transport=transport, stop=stop) as client:
+            stop = bounds.stop if bounds is not None else stop or threading.Event()
+            with RuntypeClient(settings, transport=transport, stop=stop, bounds=bounds) as client:
                 summary = Sync(settings, store, client, full=full, stop=stop,
                                progress=progress, max_delete=max_delete).run()
             summary.gaps_changed = _note_gaps(store, summary.gaps)

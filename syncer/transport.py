@@ -18,7 +18,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpcore
 import httpx
@@ -40,10 +40,15 @@ class Stopped(Cancelled):
 
 
 class Bounds:
-    """The deadline of each thread's request, and the stop event shared by all of them."""
+    """The deadline of each thread's request, and the stop event shared by all of them.
+    `clock` (seconds) and `slice_seconds` (the longest socket wait, on our clock) can be
+    given so that tests run the deadlines and the grace of a stop faster than real time."""
 
-    def __init__(self, stop: threading.Event):
+    def __init__(self, stop: threading.Event, *, clock: Callable[[], float] = time.monotonic,
+                 slice_seconds: float = SLICE):
         self.stop = stop
+        self.clock = clock
+        self.slice = slice_seconds
         self._local = threading.local()
         self._lock = threading.Lock()
         self._stop_seen: float | None = None
@@ -51,7 +56,7 @@ class Bounds:
     @contextlib.contextmanager
     def request(self, seconds: float) -> Iterator[None]:
         """Bound the request this thread makes inside the block to `seconds` in all."""
-        self._local.deadline = time.monotonic() + seconds
+        self._local.deadline = self.clock() + seconds
         try:
             yield
         finally:
@@ -59,7 +64,7 @@ class Bounds:
 
     def left(self) -> float:
         """Seconds this thread's request may still take; raises once it must end."""
-        now = time.monotonic()
+        now = self.clock()
         ends = getattr(self._local, "deadline", None) or math.inf
         with self._lock:
             if not self.stop.is_set():
@@ -88,7 +93,7 @@ class _BoundedStream(httpcore.NetworkStream):
         # httpx's read timeout still holds for each read; it is waited out in slices
         gives_up = None if timeout is None else time.monotonic() + timeout
         while True:
-            wait = min(SLICE, self._bounds.left())
+            wait = min(self._bounds.slice, self._bounds.left())
             if gives_up is not None:
                 wait = min(wait, gives_up - time.monotonic())
             try:

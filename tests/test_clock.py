@@ -111,7 +111,7 @@ def test_the_clock_estimate_tightens_and_follows_a_step():
 # -- whole syncs against a rate-limited simulator whose clock is off ---------------------------
 
 def skewed(skew, **behaviour):
-    upstream = generate(seed=41, conversations=60, messages_per_conversation=2,
+    upstream = generate(seed=41, conversations=30, messages_per_conversation=2,
                         big_conversations=0)
     upstream.clock_skew = timedelta(seconds=skew)
     return upstream, SimulatorServer(upstream, Behaviour(**behaviour))

@@ -1,13 +1,15 @@
 """A request ends: within [api].timeout however slowly the server answers, and within a few
 seconds of a stop, for the library, `syncer sync` and the daemon. The slow server is a raw
-loopback socket (httpx bounds each read, not a whole request: a byte a second never trips it)."""
+loopback socket (httpx bounds each read, not a whole request: a byte a second never trips it).
+In-process tests give the client request bounds on a clock twenty times faster than real time
+(`fast_bounds`): the deadlines are the product's, only the seconds are shorter."""
 import signal
 import subprocess
 import sys
 import threading
 
 import pytest
-from slow_server import Trickler, server_context, tls_files
+from slow_server import Trickler, fast_bounds, server_context, tls_files
 from support import KEY, process_env, settings_for, wait_for
 
 from syncer.api import RuntypeClient
@@ -48,7 +50,7 @@ def list_once(client):
 def test_a_slow_answer_ends_at_the_timeout_and_is_retried(tmp_path, mode):
     with Trickler(mode) as server:
         settings = settings_for(server, tmp_path / "m.db", timeout=2.0, max_retries=1)
-        with RuntypeClient(settings) as client:
+        with RuntypeClient(settings, bounds=fast_bounds()) as client:
             out = ends_within(30, lambda: list_once(client))
             assert isinstance(out.get("error"), RetriesExhausted), out
             assert "timed out after 2s" in str(out["error"])
@@ -65,7 +67,7 @@ def test_a_slow_answer_over_tls_ends_at_the_timeout(tmp_path, monkeypatch, mode)
     monkeypatch.setenv("SSL_CERT_FILE", files[0])          # trust the test's own certificate
     with Trickler(mode, tls=server_context(files)) as server:
         settings = settings_for(server, tmp_path / "m.db", timeout=2.0, max_retries=0)
-        with RuntypeClient(settings) as client:
+        with RuntypeClient(settings, bounds=fast_bounds()) as client:
             out = ends_within(30, lambda: list_once(client))
         assert "timed out after 2s" in str(out.get("error")), out
         assert server.requests == 1
@@ -74,7 +76,7 @@ def test_a_slow_answer_over_tls_ends_at_the_timeout(tmp_path, monkeypatch, mode)
 def test_a_sync_against_a_trickling_server_ends_and_reports_failure(tmp_path):
     with Trickler("body") as server:
         settings = settings_for(server, tmp_path / "m.db", timeout=2.0, max_retries=1)
-        out = ends_within(40, lambda: run_sync(settings))
+        out = ends_within(40, lambda: run_sync(settings, bounds=fast_bounds()))
     summary = out["value"]
     assert summary.outcome == "failed"
     assert "timed out after 2s" in summary.error
@@ -86,7 +88,7 @@ def test_a_stop_ends_a_request_in_flight_within_seconds(tmp_path, mode):
     stop = threading.Event()
     with Trickler(mode) as server:
         settings = settings_for(server, tmp_path / "m.db", timeout=120.0, max_retries=6)
-        with RuntypeClient(settings, stop=stop) as client:
+        with RuntypeClient(settings, bounds=fast_bounds(stop)) as client:
             result = in_background(lambda: list_once(client))
             wait_for(lambda: server.requests >= 1, "the request to arrive")
             stop.set()
