@@ -8,10 +8,18 @@ the file a few times over; many small ones wrote it 8-17 times (BENCHMARKS.md). 
 bounded by count and by bytes, so memory stays flat. Each conversation is still all-or-nothing
 (a batch is one transaction) and stays in `_sync_queue` until its batch commits, so a kill at
 any instant loses nothing but the fetching of at most one batch.
+
+A disk that fills during a commit does not lose the batch: it is committed again in halves,
+and halves of those, so that every conversation that fits is kept; the first single one that
+does not fit ends the writer with DiskFull, which says what was kept, what stays queued and
+about how much more space the rest needs (at the bytes per conversation this run wrote).
 """
 from __future__ import annotations
 
+import os
 import queue
+import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +44,20 @@ class WriterFailed(SyncerError):
     What it had not committed stays queued for the next run."""
 
 
+class DiskFull(SyncerError):
+    """The disk filled: what fit is committed, the rest stays queued."""
+
+
+def is_full(e: BaseException) -> bool:
+    return (isinstance(e, sqlite3.OperationalError)
+            and (getattr(e, "sqlite_errorcode", 0) or 0) & 0xFF == sqlite3.SQLITE_FULL)
+
+
+def _megabytes(n: float) -> str:
+    n = max(n, 0)
+    return f"{n / 1_048_576:,.0f} MB" if n >= 1_048_576 else f"{n / 1024:,.0f} kB"
+
+
 class BatchWriter:
     def __init__(self, store: Store, run_id: int,
                  on_saved: Callable[[list[Fetched], list[tuple[int, int]]], None],
@@ -48,6 +70,8 @@ class BatchWriter:
         self._outstanding = 0             # handed over, not yet committed
         self._committed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._kept = 0                    # conversations committed by this writer
+        self._start_bytes = self._file_bytes()
 
     def __enter__(self) -> "BatchWriter":
         self._thread.start()
@@ -93,7 +117,45 @@ class BatchWriter:
             self._thread.join()
         self._raise_if_failed()
 
+    def _commit(self, batch: list[Fetched]) -> None:
+        """Commit the batch; on a full disk, commit it in halves, down to one conversation."""
+        try:
+            results = self.store.save_conversations(batch, self.run_id)
+        except sqlite3.OperationalError as e:
+            if not is_full(e):
+                raise
+            if len(batch) == 1:
+                raise self._disk_full(batch[0]) from e
+            half = len(batch) // 2
+            self._commit(batch[:half])
+            self._commit(batch[half:])
+            return
+        self._kept += len(batch)
+        self.on_saved(batch, results)
+        with self._committed:
+            self._outstanding -= len(batch)
+            self._committed.notify_all()
+
+    def _file_bytes(self) -> int:
+        path = self.store.path
+        return sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
+
+    def _disk_full(self, first: Fetched) -> DiskFull:
+        """What a full disk kept, what it left queued and about what the rest needs."""
+        queued = len(self.store.queued())
+        grown = self._file_bytes() - self._start_bytes
+        per = grown / self._kept if self._kept >= 10 and grown > 0 else 3 * _size(first)
+        where = os.path.dirname(os.path.abspath(self.store.path))
+        free = shutil.disk_usage(where).free
+        return DiskFull(f"the disk of {where} is full ({_megabytes(free)} free): "
+                        f"{self._kept} conversations of this run were committed and stay, "
+                        f"{queued} are queued; about {_megabytes(queued * per - free)} more "
+                        "are needed: free some space and run `syncer sync` again, it resumes "
+                        "from there")
+
     def _raise_if_failed(self) -> None:
+        if isinstance(self._error, DiskFull):
+            raise self._error
         if self._error is not None:
             raise WriterFailed(f"writing the mirror failed: {self._error}") from self._error
 
@@ -120,11 +182,7 @@ class BatchWriter:
                         break
                     batch.append(item)
                     size += _size(item)
-                results = self.store.save_conversations(batch, self.run_id)
-                self.on_saved(batch, results)
-                with self._committed:
-                    self._outstanding -= len(batch)
-                    self._committed.notify_all()
+                self._commit(batch)
         except BaseException as e:  # recorded, and raised in the fetch threads and by close()
             self._error = e
             with self._committed:
