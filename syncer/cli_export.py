@@ -61,7 +61,7 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
         if table not in TABLES:
             raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
         check_format(fmt)
-        with _open(app, filters) as store, private_output(output) as out:
+        with _open(app, filters) as store, private_output(output, store.path) as out:
             n = export(store, table, fmt, out, filters)
         if output != "-":
             click.echo(f"{n} {table} written to {output}", err=True)

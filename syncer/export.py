@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import SyncerError
 from .migrations import holds_nul
+from .outputs import check_file
 from .query import HIDDEN, Filters, _where, prepare
 from .transform import JSON_FIELDS
 
@@ -67,11 +68,13 @@ class ExportError(SyncerError):
 
 
 @contextlib.contextmanager
-def private_output(path: str) -> Iterator[BinaryIO]:
+def private_output(path: str, mirror: str) -> Iterator[BinaryIO]:
     """Stdout for "-"; otherwise a file readable by its owner only (exports hold personal
     data), written beside its final name and moved there only when complete, so a failed or
     interrupted export (a full disk, SIGTERM) leaves no partial file and never clobbers an
-    earlier one. A failed write is an ExportError naming the file and the cause."""
+    earlier one. A failed write is an ExportError naming the file and the cause. A path that
+    is `mirror`, its companions or another syncer database is refused first (outputs.py)."""
+    check_file(path, mirror)
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.flush()

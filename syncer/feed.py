@@ -38,11 +38,12 @@ from pathlib import Path
 from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
                      head, may_hold_nul, memory_pool, parquet_schema, parquet_writer,
                      ranges, select_sql)
+from .outputs import FEED_MARKER as MARKER
+from .outputs import check_feed_directory
 from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
 
-MARKER = ".syncer-feed"
 PARTITIONINGS = ("month",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NO_MONTH = "__HIVE_DEFAULT_PARTITION__"   # Hive's name for a NULL partition value
@@ -311,6 +312,7 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
     `output`, then move the position to the counter value of the snapshot read."""
     check_request(table, consumer, fmt, partition_by)
     want = _marker(table, consumer, fmt, partition_by)
+    check_feed_directory(output, store.path)
     check_directory(output, want)
     conn = store.conn
     root = Path(output)
