@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import SyncerError
 from .migrations import holds_nul
-from .outputs import check_file
+from .outputs import check_file, check_terminal
 from .query import HIDDEN, Filters, _where, prepare
 from .transform import JSON_FIELDS
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 FORMATS = ("csv", "jsonl", "parquet")
+BINARY = frozenset({"parquet"})     # never written to a terminal
 TABLES = ("conversations", "messages")
 TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "takeoverAt", "_synced_at",
                         "_deleted_at"})
@@ -68,13 +69,16 @@ class ExportError(SyncerError):
 
 
 @contextlib.contextmanager
-def private_output(path: str, mirror: str) -> Iterator[BinaryIO]:
+def private_output(path: str, mirror: str, fmt: str = "csv") -> Iterator[BinaryIO]:
     """Stdout for "-"; otherwise a file readable by its owner only (exports hold personal
     data), written beside its final name and moved there only when complete, so a failed or
     interrupted export (a full disk, SIGTERM) leaves no partial file and never clobbers an
     earlier one. A failed write is an ExportError naming the file and the cause. A path that
-    is `mirror`, its companions or another syncer database is refused first (outputs.py)."""
+    is `mirror`, its companions or another syncer database is refused first, and so is a
+    binary `fmt` to stdout on a terminal (outputs.py)."""
     check_file(path, mirror)
+    if fmt in BINARY:
+        check_terminal(path, fmt)
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.flush()

@@ -9,6 +9,7 @@ Refused, before anything is written (OutputError: one line, exit 2):
   (its parent's symlinks resolved) with the mirror's files, under the mirror's name as given
   and its real one. A syncer database is a SQLite file marked with syncer's application id,
   or holding syncer's tables (a copy through `.dump` loses the id).
+- binary output (Parquet) to stdout when stdout is a terminal, as gzip refuses.
 - a feed directory that is any of those, that lies inside another feed directory (a
   directory above it holds a feed marker: the outer feed's parts and leftovers are found
   with a recursive walk, which would take the inner feed's for its own), or that holds the
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 from pathlib import Path
 
 from .errors import ConfigError
@@ -39,6 +41,13 @@ def check_file(path: str, mirror: str) -> None:
     """Refuse `path` ("-" is stdout) as an export file of `mirror`."""
     if path != "-" and (what := clash(path, mirror)):
         raise OutputError(f"cannot write {path}: it is {what}; pass -o another file")
+
+
+def check_terminal(path: str, fmt: str, stdout=None) -> None:
+    """Refuse writing the binary format `fmt` to stdout ("-") when it is a terminal."""
+    if path == "-" and (stdout or sys.stdout).isatty():
+        raise OutputError(f"{fmt} is binary and stdout is a terminal: write it to a file "
+                          "with -o FILE, or to a pipe")
 
 
 def check_feed_directory(path: str, mirror: str) -> None:
