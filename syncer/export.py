@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from . import private
 from .errors import SyncerError
 from .migrations import holds_nul
 from .outputs import check_file, check_terminal
@@ -86,11 +87,11 @@ def private_output(path: str, mirror: str, fmt: str = "csv") -> Iterator[BinaryI
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        file = private.create_file(partial)
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as out:
+        with file as out:
             yield out
         os.replace(partial, target)
     except OSError as e:
