@@ -43,9 +43,9 @@ def check_file(path: str, mirror: str) -> None:
         raise OutputError(f"cannot write {path}: it is {what}; pass -o another file")
 
 
-def check_terminal(path: str, fmt: str, stdout=None) -> None:
+def check_terminal(path: str, fmt: str) -> None:
     """Refuse writing the binary format `fmt` to stdout ("-") when it is a terminal."""
-    if path == "-" and (stdout or sys.stdout).isatty():
+    if path == "-" and sys.stdout.isatty():
         raise OutputError(f"{fmt} is binary and stdout is a terminal: write it to a file "
                           "with -o FILE, or to a pipe")
 
