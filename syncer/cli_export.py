@@ -16,7 +16,8 @@ from .export import FORMATS, TABLES, ExportError, check_format, export, private_
               help="parquet needs the optional extra: pip install 'runtype-syncer[parquet]'. "
                    "Default: csv.")
 @click.option("-o", "--output", type=click.Path(allow_dash=True), default="-",
-              help="File to write (default: stdout); with --changes, the feed directory.")
+              help="File to write (default: stdout, but not Parquet on a terminal); with "
+                   "--changes, the feed directory.")
 @click.option("--changes", "consumer", metavar="NAME",
               help="Only what changed since consumer NAME's last export (a change feed: "
                    "rows with _seq and _deleted_at, tombstones included), then move NAME on.")
@@ -61,7 +62,7 @@ def export_command(app: App, table, fmt, output, consumer, reset, partition_by,
         if table not in TABLES:
             raise ExportError(f"cannot export {table!r} (use {' or '.join(TABLES)})")
         check_format(fmt)
-        with _open(app, filters) as store, private_output(output) as out:
+        with _open(app, filters) as store, private_output(output, store.path, fmt) as out:
             n = export(store, table, fmt, out, filters)
         if output != "-":
             click.echo(f"{n} {table} written to {output}", err=True)

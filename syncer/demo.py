@@ -17,6 +17,7 @@ from pathlib import Path
 from . import config, lock
 from .errors import StoreError
 from .migrations import APPLICATION_ID, connect_untouched
+from .outputs import companion_clash
 from .runner import run_sync
 from .simulator import Behaviour, SimulatorServer, generate
 from .store import Store
@@ -48,6 +49,8 @@ def _check_free(path: Path) -> bool:
     else. Reads only."""
     if path.is_dir():
         raise StoreError(f"{path} is a directory; pass --db with a new file for the demo")
+    if what := companion_clash(str(path)):
+        raise StoreError(f"{path} is {what}; pass --db with a new file for the demo")
     if not path.exists():
         leftover = [f"{path}{s}" for s in COMPANIONS if Path(f"{path}{s}").exists()]
         if leftover:

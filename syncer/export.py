@@ -39,8 +39,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from . import private
 from .errors import SyncerError
 from .migrations import holds_nul
+from .outputs import check_file, check_terminal
 from .query import HIDDEN, Filters, _where, prepare
 from .transform import JSON_FIELDS
 
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from .store import Store
 
 FORMATS = ("csv", "jsonl", "parquet")
+BINARY = frozenset({"parquet"})     # never written to a terminal
 TABLES = ("conversations", "messages")
 TIMESTAMPS = frozenset({"createdAt", "updatedAt", "lastMessageAt", "takeoverAt", "_synced_at",
                         "_deleted_at"})
@@ -67,11 +70,16 @@ class ExportError(SyncerError):
 
 
 @contextlib.contextmanager
-def private_output(path: str) -> Iterator[BinaryIO]:
+def private_output(path: str, mirror: str, fmt: str = "csv") -> Iterator[BinaryIO]:
     """Stdout for "-"; otherwise a file readable by its owner only (exports hold personal
     data), written beside its final name and moved there only when complete, so a failed or
     interrupted export (a full disk, SIGTERM) leaves no partial file and never clobbers an
-    earlier one. A failed write is an ExportError naming the file and the cause."""
+    earlier one. A failed write is an ExportError naming the file and the cause. A path that
+    is `mirror`, its companions or another syncer database is refused first, and so is a
+    binary `fmt` to stdout on a terminal (outputs.py)."""
+    check_file(path, mirror)
+    if fmt in BINARY:
+        check_terminal(path, fmt)
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.flush()
@@ -79,11 +87,11 @@ def private_output(path: str) -> Iterator[BinaryIO]:
     target = Path(path)
     partial = target.with_name(f".{target.name}.partial")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        file = private.create_file(partial)
     except OSError as e:
         raise ExportError(f"cannot write {path}: {e.strerror}") from None
     try:
-        with os.fdopen(fd, "wb") as out:
+        with file as out:
             yield out
         os.replace(partial, target)
     except OSError as e:

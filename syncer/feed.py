@@ -38,11 +38,13 @@ from pathlib import Path
 from .export import (FORMATS, ROW_GROUP, TABLES, ExportError, blocks, check_format, columns,
                      head, may_hold_nul, memory_pool, parquet_schema, parquet_writer,
                      ranges, select_sql)
+from . import private
+from .outputs import FEED_MARKER as MARKER
+from .outputs import check_feed_directory
 from .store import Store, now_utc, prune_tombstones
 
 log = logging.getLogger(__name__)
 
-MARKER = ".syncer-feed"
 PARTITIONINGS = ("month",)
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NO_MONTH = "__HIVE_DEFAULT_PARTITION__"   # Hive's name for a NULL partition value
@@ -154,9 +156,11 @@ def _write_marker(root: Path, want: dict) -> None:
     """Whole or absent, like every file of the feed (a kill can come at any moment)."""
     marker = root / MARKER
     if marker.exists():
+        private.tighten(marker)     # an older syncer's was 644
         return
     partial = root / f".{MARKER}.partial"
-    partial.write_text(json.dumps(want) + "\n", encoding="utf-8")
+    with private.create_file(partial) as out:
+        out.write((json.dumps(want) + "\n").encode())
     os.replace(partial, marker)
 
 
@@ -228,11 +232,10 @@ class _File:
     """One output file of a part: written under a hidden name, renamed by the caller."""
 
     def __init__(self, final: Path):
-        final.parent.mkdir(parents=True, exist_ok=True)
+        private.make_dirs(final.parent)
         self.final = final
         self.partial = final.with_name(f".{final.name}.partial")
-        fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        self.out = os.fdopen(fd, "wb")
+        self.out = private.create_file(self.partial)
 
     def close(self) -> None:
         self.out.flush()
@@ -311,6 +314,7 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
     `output`, then move the position to the counter value of the snapshot read."""
     check_request(table, consumer, fmt, partition_by)
     want = _marker(table, consumer, fmt, partition_by)
+    check_feed_directory(output, store.path)
     check_directory(output, want)
     conn = store.conn
     root = Path(output)
@@ -329,7 +333,7 @@ def export_changes(store: Store, table: str, consumer: str, fmt: str, output: st
         done = Delivery(table, consumer, before=start, position=top)
         cols = feed_columns(store, table)
         if top > start:
-            root.mkdir(parents=True, exist_ok=True)
+            private.make_dirs(root)       # 700, an older syncer's 755 tightened
             _write_marker(root, want)
             _remove_unrecorded(root, recorded)
             name = f"part-{top:012d}.{EXTENSIONS[fmt]}"

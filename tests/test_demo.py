@@ -78,6 +78,18 @@ def test_demo_refuses_a_write_ahead_log_without_its_database(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize("companion", ["mirror.db-wal", "mirror.db-shm", "mirror.db-journal"])
+def test_demo_refuses_the_companion_path_of_a_mirror(tmp_path, companion):
+    """Not there while the mirror is closed, but SQLite's the moment it is opened again."""
+    _syncer_mirror(tmp_path / "mirror.db")
+    before = snapshot(tmp_path)
+    r = demo(tmp_path, "demo", "--db", companion, "--conversations", "12")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stderr.startswith(f"error: {companion} is the ")
+    assert "of the syncer database mirror.db" in r.stderr and r.stdout == ""
+    assert snapshot(tmp_path) == before
+
+
 def test_two_different_databases_are_an_error(tmp_path):
     r = demo(tmp_path, "--db", "a.db", "demo", "--db", "b.db")
     assert r.returncode == 2

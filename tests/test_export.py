@@ -329,13 +329,13 @@ def test_export_file_is_private_and_appears_only_when_complete(tmp_path):
     import sys
     from syncer.export import private_output
     target = tmp_path / "out.csv"
-    with private_output(str(target)) as out:
+    with private_output(str(target), str(tmp_path / "m.db")) as out:
         out.write(b"a,b\n")
         assert not target.exists()
     assert target.read_bytes() == b"a,b\n"
     assert oct(os.stat(target).st_mode & 0o777) == "0o600"
     try:
-        with private_output(str(target)) as out:
+        with private_output(str(target), str(tmp_path / "m.db")) as out:
             out.write(b"half")
             raise RuntimeError("disk full")
     except RuntimeError:

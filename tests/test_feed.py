@@ -5,10 +5,12 @@ by id, delete message tombstones) equals the mirror's table, whatever ran in bet
 with new, changed and deleted messages, conversations deleted upstream, purges, and exports
 killed before they could record their position."""
 import json
+import os
 import random
 import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -357,6 +359,46 @@ def test_a_second_export_delivers_only_what_changed(synced, tmp_path):
     lines = parts[1].read_text().splitlines()
     assert len(lines) == 2 and lines[1].startswith(f'"{cid}",') and "changed" in lines[1]
     assert "_seq" in lines[0].split(",") and "_raw" not in lines[0]
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode)
+            for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("extra", [[], ["--partition-by", "month"]], ids=["flat", "monthly"])
+def test_feed_directories_are_private_and_older_ones_are_tightened_on_write(
+        synced, tmp_path, extra):
+    """Directories 700 and files 600, like every file syncer writes, whatever the umask
+    allows; the directories created above the feed too. A feed directory an older syncer made
+    (755, its marker 644) is tightened by the next export that writes into it."""
+    db, _ = synced
+    old_umask = os.umask(0o022)
+    try:
+        feed = tmp_path / "made" / "feed"
+        export_changes(db, "messages", feed, *extra)
+        modes = _modes(tmp_path / "made")
+        assert {k for k, m in modes.items() if Path(tmp_path, "made", k).is_dir()} >= \
+            {".", "feed"}
+        assert modes == {k: 0o700 if Path(tmp_path, "made", k).is_dir() else 0o600
+                         for k in modes}, modes
+        for name, mode in modes.items():
+            path = Path(tmp_path, "made", name)
+            path.chmod(0o755 if path.is_dir() else 0o644 if name == "feed/.syncer-feed" else mode)
+        conn = sqlite3.connect(db)
+        month = conn.execute("SELECT substr(createdAt, 1, 7) FROM messages WHERE rowid = 1"
+                             ).fetchone()[0]
+        conn.execute("UPDATE messages SET content = content || '!' WHERE rowid = 1")
+        conn.commit()
+        conn.close()
+        export_changes(db, "messages", feed, *extra)
+        modes = _modes(feed)
+        written = [".", ".syncer-feed"] + ([f"createdAt_month={month}"] if extra else [])
+        assert {k: modes[k] for k in written} == {
+            k: 0o600 if k == ".syncer-feed" else 0o700 for k in written}
+        assert all(m == 0o600 for k, m in modes.items() if k.endswith(".parquet"))
+    finally:
+        os.umask(old_umask)
 
 
 def test_reset_starts_over_and_consumers_shows_the_lag(synced, tmp_path):

@@ -1,7 +1,7 @@
 """Output people read: the search table carries the conversation id, tables fit the terminal
 measured in display columns and keep the match in view, a cut list says so on a terminal, colour
-follows NO_COLOR and --color, a long thread is paged, the sync summary is JSON under
---log-format json. Terminal behaviour through a pseudo-terminal."""
+follows NO_COLOR and --color, a long thread is paged, binary never goes to a terminal, the sync
+summary is JSON under --log-format json. Terminal behaviour through a pseudo-terminal."""
 import json
 import os
 import pty
@@ -39,7 +39,7 @@ def on_terminal(*args, columns=100, lines=24, **env_extra):
         out = read_terminal(master)
         err = proc.stderr.read().decode()
         code = proc.wait(timeout=60)
-    return out.decode().replace("\r\n", "\n"), err, code
+    return out.decode(errors="replace").replace("\r\n", "\n"), err, code
 
 
 def test_search_table_shows_the_conversation_id(db):
@@ -125,3 +125,22 @@ def test_sync_summary_is_one_json_object_under_log_format_json(tmp_path):
     assert (record["event"], record["outcome"], record["conversations_seen"]) == \
         ("sync_summary", "ok", 12)
     assert isinstance(record["messages_written"], int) and record["messages_written"] > 0
+
+
+def test_binary_output_to_a_terminal_is_refused(db, tmp_path):
+    """Like gzip: Parquet bytes on a terminal help no one (and may set it in a strange
+    state). One line saying what to do, exit 2, nothing on the terminal."""
+    out, err, code = on_terminal("--db", db, "export", "messages", "--format", "parquet")
+    assert (code, out) == (2, ""), (code, out[:200], err)
+    assert len(err.splitlines()) == 1 and "-o FILE" in err and "pipe" in err, err
+    assert "Traceback" not in err
+    # text still prints there; Parquet goes to a file given with -o, or down a pipe
+    out, err, code = on_terminal("--db", db, "export", "conversations", "--format", "jsonl")
+    assert code == 0 and json.loads(out.splitlines()[0])["id"].startswith("conv_"), err
+    target = tmp_path / "m.parquet"
+    out, err, code = on_terminal("--db", db, "export", "messages", "--format", "parquet",
+                                 "-o", str(target))
+    assert (code, out) == (0, "") and target.read_bytes()[:4] == b"PAR1", err
+    piped = subprocess.run([sys.executable, "-m", "syncer", "--db", db, "export", "messages",
+                            "--format", "parquet"], capture_output=True, timeout=120)
+    assert piped.returncode == 0 and piped.stdout == target.read_bytes(), piped.stderr
