@@ -47,11 +47,12 @@ class Counters:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
+    waited: float = 0.0          # seconds the requests waited before their retries, summed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, name: str) -> None:
+    def add(self, name: str, n: float = 1) -> None:
         with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
+            setattr(self, name, getattr(self, name) + n)
 
     def snapshot(self) -> dict[str, int]:
         return {"requests": self.requests, "retries": self.retries, "throttled": self.throttled}
@@ -237,7 +238,7 @@ class RuntypeClient:
         attempt = 0
         while True:
             try:
-                body, response = self._request(path, params)
+                body, response = self._request(path, params, attempt + 1)
                 if kind == "conversation_detail_envelope":
                     if not isinstance(body, dict):
                         raise RetryableError(f"GET {path}: answer is not a JSON object", path=path)
@@ -256,11 +257,14 @@ class RuntypeClient:
                                            path=path, status=e.status) from None
                 wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
                 log.info("retrying GET %s in %.1fs: %s", path, wait, e)
+                self.counters.add("waited", wait)
                 if self.stop.wait(wait):
                     raise Interrupted(f"{e} (not retried: stopping)") from None
                 self.counters.add("retries")
 
-    def _request(self, path: str, params: dict) -> tuple[object, httpx.Response]:
+    def _request(self, path: str, params: dict,
+                 retry_number: int = 1) -> tuple[object, httpx.Response]:
+        """One GET. `retry_number`: which retry would follow a failure (its wait grows)."""
         self.pacer.wait(self.stop)
         self.counters.add("requests")
         started, sent = time.monotonic(), time.time()
@@ -312,7 +316,7 @@ class RuntypeClient:
                 raise RetryableError(f"GET {path}: answer is not valid JSON "
                                      f"({response.headers.get('content-type', 'no type')})",
                                      path=path, status=status) from None
-        raise self._status_error(path, response, body)
+        raise self._status_error(path, response, body, retry_number)
 
     def _read_clock(self, response: httpx.Response, sent: float) -> None:
         """Learn the server's clock from an answer's Date, read as its headers arrive."""
@@ -335,7 +339,8 @@ class RuntypeClient:
             self._said.add(what)
         log.warning(message, *args)
 
-    def _status_error(self, path: str, response: httpx.Response, body: bytes) -> ApiError:
+    def _status_error(self, path: str, response: httpx.Response, body: bytes,
+                      retry_number: int = 1) -> ApiError:
         status = response.status_code
         detail = _error_text(body)
         text = f"GET {path}: HTTP {status}" + (f" ({detail})" if detail else "")
@@ -348,11 +353,13 @@ class RuntypeClient:
         if status == 400:
             return BadRequestError(text, path=path, status=status)
         if status == 429 or status == 408 or status >= 500:
-            wait = retry.retry_after(response.headers, now=self.clock.now())
+            wait = retry.throttle_wait(status, response.headers, retry_number,
+                                       now=self.clock.now())
             if status == 429:
                 self.counters.add("throttled")
-                self.pacer.pause(wait if wait is not None else 1.0)
-            return RetryableError(text, path=path, status=status, retry_after=wait)
+            if wait.everyone:
+                self.pacer.pause(wait.seconds)
+            return RetryableError(text, path=path, status=status, retry_after=wait.seconds)
         if 300 <= status < 400:
             target = urlsplit(response.headers.get("location", "")).hostname or "elsewhere"
             return ProtocolError(f"GET {path}: redirected ({status}) to {target}; not followed, "
