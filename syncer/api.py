@@ -10,7 +10,8 @@ error.
 connection, an unknown host or a refused certificate before the server ever answered is not
 retried: the URL is wrong, not the network. The server's clock is read from its `Date` headers
 (`clock_skew`); rate-limit resets given as a time are read on it, and a skew or a missing
-`Date` is logged once.
+`Date` is logged once. Every request, retries included, is taken from the hourly request
+budget first (budget.py), then paced (retry.Pacer).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from . import __version__, retry, transport as bounded
+from .budget import Budget
 from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, Interrupted, NotFoundError,
                      ProtocolError, RetriesExhausted, RetryableError, UnreachableError)
@@ -144,6 +146,8 @@ class RuntypeClient:
         self.stop = stop or threading.Event()
         self.counters = Counters()
         self.pacer = retry.Pacer()
+        # at most [api].max_requests_per_hour in any hour; earlier runs' are counted by the caller
+        self.budget = Budget(settings.max_requests_per_hour, lambda: self.pacer.announced)
         self.clock = retry.ServerClock()
         self.undated_answers = 0        # answers without a usable Date header
         self._answered = False          # the server has answered at least once
@@ -265,6 +269,7 @@ class RuntypeClient:
     def _request(self, path: str, params: dict,
                  retry_number: int = 1) -> tuple[object, httpx.Response]:
         """One GET. `retry_number`: which retry would follow a failure (its wait grows)."""
+        self.budget.take(self.stop)
         self.pacer.wait(self.stop)
         self.counters.add("requests")
         started, sent = time.monotonic(), time.time()

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 MAX_WAIT = 60.0          # seconds: the longest single wait, whatever the server asks for
+WINDOW_CAP = 86400.0     # seconds: the longest rate-limit window believed (not a wait)
 _RESERVE_SHARE = 0.05    # of the window's limit, kept back for other clients of the same key
 _EPOCH = 1e9             # a reset above this is a Unix time, not a number of seconds
 BACKOFF_BASE = 0.25      # seconds: the first retry of a timeout or 5xx waits up to twice this
@@ -70,15 +71,16 @@ def _capped(seconds: float) -> float:
     return max(0.0, min(seconds, MAX_WAIT))
 
 
-def reset_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """X-RateLimit-Reset as seconds from now, capped; the header may be a delay or a Unix time.
-    A Unix time is read against `now`, the server's time (see _server_now)."""
+def reset_seconds(headers: Mapping[str, str], now: float | None = None, *,
+                  cap: float = MAX_WAIT) -> float | None:
+    """X-RateLimit-Reset as seconds from now, capped at `cap`; the header may be a delay or a
+    Unix time. A Unix time is read against `now`, the server's time (see _server_now)."""
     reset = _number(headers.get("x-ratelimit-reset"))
     if reset is None:
         return None
     if reset > _EPOCH:
         reset = reset - _server_now(headers, now)
-    return _capped(reset)
+    return max(0.0, min(reset, cap))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -199,7 +201,7 @@ class Pacer:
         """Take one answer's rate-limit headers; `now` is the server's time (see reset_seconds)."""
         limit = _number(headers.get("x-ratelimit-limit"))
         remaining = _number(headers.get("x-ratelimit-remaining"))
-        reset = reset_seconds(headers, now)
+        reset = reset_seconds(headers, now, cap=WINDOW_CAP)   # the window: an hour is an hour
         if limit is None or remaining is None or reset is None or limit < 1:
             return
         reserve = max(1.0, limit * _RESERVE_SHARE)
@@ -208,7 +210,7 @@ class Pacer:
             self._limit = limit
             self._interval = self._window / max(limit - reserve, 1.0)
             if remaining <= 1:
-                self._hold(time.monotonic() + reset)
+                self._hold(time.monotonic() + _capped(reset))
 
     @property
     def interval(self) -> float:
