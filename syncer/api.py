@@ -10,8 +10,7 @@ error.
 connection, an unknown host or a refused certificate before the server ever answered is not
 retried: the URL is wrong, not the network. The server's clock is read from its `Date` headers
 (`clock_skew`); rate-limit resets given as a time are read on it, and a skew or a missing
-`Date` is logged once. Every request, retries included, is taken from the hourly request
-budget first (budget.py), then paced (retry.Pacer).
+`Date` is logged once.
 """
 from __future__ import annotations
 
@@ -30,7 +29,6 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import httpx
 
 from . import __version__, retry, transport as bounded
-from .budget import Budget
 from .config import Settings
 from .errors import (ApiError, AuthError, BadRequestError, Interrupted, NotFoundError,
                      ProtocolError, RetriesExhausted, RetryableError, TooLargeError,
@@ -50,12 +48,11 @@ class Counters:
     requests: int = 0
     retries: int = 0
     throttled: int = 0
-    waited: float = 0.0          # seconds the requests waited before their retries, summed
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, name: str, n: float = 1) -> None:
+    def add(self, name: str) -> None:
         with self._lock:
-            setattr(self, name, getattr(self, name) + n)
+            setattr(self, name, getattr(self, name) + 1)
 
     def snapshot(self) -> dict[str, int]:
         return {"requests": self.requests, "retries": self.retries, "throttled": self.throttled}
@@ -149,8 +146,6 @@ class RuntypeClient:
         self.stop = bounds.stop if bounds is not None else stop or threading.Event()
         self.counters = Counters()
         self.pacer = retry.Pacer()
-        # at most [api].max_requests_per_hour in any hour; earlier runs' are counted by the caller
-        self.budget = Budget(settings.max_requests_per_hour, lambda: self.pacer.announced)
         self.clock = retry.ServerClock()
         self.undated_answers = 0        # answers without a usable Date header
         self._answered = False          # the server has answered at least once
@@ -247,7 +242,7 @@ class RuntypeClient:
         attempt = 0
         while True:
             try:
-                body, response = self._request(path, params, attempt + 1)
+                body, response = self._request(path, params)
                 if kind == "conversation_detail_envelope":
                     if not isinstance(body, dict):
                         raise RetryableError(f"GET {path}: answer is not a JSON object", path=path)
@@ -266,15 +261,11 @@ class RuntypeClient:
                                            path=path, status=e.status) from None
                 wait = e.retry_after if e.retry_after is not None else retry.backoff(attempt)
                 log.info("retrying GET %s in %.1fs: %s", path, wait, e)
-                self.counters.add("waited", wait)
                 if self.stop.wait(wait):
                     raise Interrupted(f"{e} (not retried: stopping)") from None
                 self.counters.add("retries")
 
-    def _request(self, path: str, params: dict,
-                 retry_number: int = 1) -> tuple[object, httpx.Response]:
-        """One GET. `retry_number`: which retry would follow a failure (its wait grows)."""
-        self.budget.take(self.stop)
+    def _request(self, path: str, params: dict) -> tuple[object, httpx.Response]:
         self.pacer.wait(self.stop)
         self.counters.add("requests")
         started, sent = time.monotonic(), time.time()
@@ -327,7 +318,7 @@ class RuntypeClient:
                 raise RetryableError(f"GET {path}: answer is not valid JSON "
                                      f"({response.headers.get('content-type', 'no type')})",
                                      path=path, status=status) from None
-        raise self._status_error(path, response, body, retry_number)
+        raise self._status_error(path, response, body)
 
     def _read_clock(self, response: httpx.Response, sent: float) -> None:
         """Learn the server's clock from an answer's Date, read as its headers arrive."""
@@ -350,8 +341,7 @@ class RuntypeClient:
             self._said.add(what)
         log.warning(message, *args)
 
-    def _status_error(self, path: str, response: httpx.Response, body: bytes,
-                      retry_number: int = 1) -> ApiError:
+    def _status_error(self, path: str, response: httpx.Response, body: bytes) -> ApiError:
         status = response.status_code
         detail = _error_text(body)
         text = f"GET {path}: HTTP {status}" + (f" ({detail})" if detail else "")
@@ -364,13 +354,11 @@ class RuntypeClient:
         if status == 400:
             return BadRequestError(text, path=path, status=status)
         if status == 429 or status == 408 or status >= 500:
-            wait = retry.throttle_wait(status, response.headers, retry_number,
-                                       now=self.clock.now())
+            wait = retry.retry_after(response.headers, now=self.clock.now())
             if status == 429:
                 self.counters.add("throttled")
-            if wait.everyone:
-                self.pacer.pause(wait.seconds)
-            return RetryableError(text, path=path, status=status, retry_after=wait.seconds)
+                self.pacer.pause(wait if wait is not None else 1.0)
+            return RetryableError(text, path=path, status=status, retry_after=wait)
         if 300 <= status < 400:
             target = urlsplit(response.headers.get("location", "")).hostname or "elsewhere"
             return ProtocolError(f"GET {path}: redirected ({status}) to {target}; not followed, "

@@ -33,12 +33,9 @@ log = logging.getLogger("syncer")
                    "in this run; overrides [sync].max_delete (default 10%).")
 @click.option("--allow-insecure-http", is_flag=True,
               help="Allow a plain http:// base URL to a non-loopback host (sends the key in clear).")
-@click.option("--max-requests-per-hour", metavar="N|auto",
-              help="Make at most N requests in any hour, earlier runs' included; overrides "
-                   "[api].max_requests_per_hour (default auto: half the server's allowance).")
 @pass_app
 def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
-         allow_insecure_http: bool, max_requests_per_hour: str | None):
+         allow_insecure_http: bool):
     """Pull what changed since the last run into the mirror.
 
     The API key comes from RUNTYPE_API_KEY (or [api].key in the config file), the API's
@@ -57,8 +54,7 @@ def sync(app: App, full: bool, rebind: bool, max_delete: str | None,
       syncer -q --db mirror.db sync          # from cron: silent unless it fails
     """
     from .runner import run_sync
-    settings = app.settings(allow_insecure_http=True if allow_insecure_http else None,
-                            max_requests_per_hour=max_requests_per_hour)
+    settings = app.settings(allow_insecure_http=True if allow_insecure_http else None)
     if max_delete is not None:
         max_delete = config.check_max_delete(max_delete, "--max-delete")
     stop = threading.Event()

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 API_KEY_ENV = "RUNTYPE_API_KEY"
 TZ_ENV = "SYNCER_TZ"
-BUDGET_ENV = "SYNCER_MAX_REQUESTS_PER_HOUR"
 DEFAULT_CONFIG_FILE = "syncer.toml"
 STATUSES = ("open", "closed", "archived", "all")
 ON_DELETE = ("keep", "purge")
@@ -44,7 +43,6 @@ DEFAULTS: dict[str, dict[str, tuple[object, str]]] = {
         "max_retries": (6, "int"),
         "max_response_mb": (50, "int"),
         "allow_insecure_http": (False, "bool"),
-        "max_requests_per_hour": ("auto", "budget"),
     },
     "store": {
         "path": ("syncer.db", "str"),
@@ -123,7 +121,6 @@ class Settings:
     max_retries: int = 6
     max_response_bytes: int = 50 * 1024 * 1024
     allow_insecure_http: bool = False
-    max_requests_per_hour: int | None = None    # None: auto (budget.py)
     db_path: str = "syncer.db"
     on_delete: str = "keep"
     status: str = "all"
@@ -157,19 +154,6 @@ def check_max_delete(text: str, where: str) -> str:
         raise ConfigError(f"{where}: {text!r} is not a count or a percentage up to 100% "
                           "(e.g. 50 or 10%)")
     return text.strip()
-
-
-def check_budget(value: object, where: str) -> int | None:
-    """[api].max_requests_per_hour: a positive integer (a string of digits from the
-    environment or a flag), or "auto" (None: derived from the server's headers)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return None
-    if isinstance(value, str) and re.fullmatch(r"\d{1,9}", value.strip()):
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10 ** 9:
-        raise ConfigError(f"{where}: {value!r} is not a positive number of requests an hour "
-                          "or \"auto\" (e.g. 500)")
-    return value
 
 
 def delete_limit(spec: str, live: int) -> int:
@@ -206,8 +190,6 @@ def _coerce(section: str, key: str, value: object, kind: str, source: str) -> ob
             return parse_duration(value)  # type: ignore[arg-type]
         except (ValueError, TypeError) as e:
             raise ConfigError(f"{where}: {e}") from None
-    if kind == "budget":
-        return check_budget(value, where)
     if kind == "strlist":
         if isinstance(value, str):
             value = [value]
@@ -302,10 +284,8 @@ def _stripped(env: Mapping[str, object], name: str, label: str | None = None) ->
 
 def load(config_path: str | None = None, *, db_path: str | None = None,
          base_url: str | None = None, allow_insecure_http: bool | None = None,
-         tz: str | None = None, max_requests_per_hour: str | None = None,
-         env: Mapping[str, str] | None = None) -> Settings:
-    """Build Settings. Flags (db_path, base_url, tz, max_requests_per_hour) > environment >
-    file > defaults."""
+         tz: str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings. Flags (db_path, base_url, tz) > environment > file > defaults."""
     env = os.environ if env is None else env
     path = Path(config_path) if config_path else Path(DEFAULT_CONFIG_FILE)
     file_values = read_file(path) if (config_path or path.exists()) else {}
@@ -341,8 +321,6 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
     url = check_base_url(str(base_url or env_url or get("api", "base_url")), allow_insecure,
                          url_source)
     zone = display_zone(tz, _stripped(env, TZ_ENV), file_values, source)
-    budget = request_budget(max_requests_per_hour, _stripped(env, BUDGET_ENV), file_values,
-                            source)
     env_key = _stripped(env, API_KEY_ENV)
     file_key = _stripped(file_values.get("api", {}), "key", f"[api].key in {source}")
     return Settings(
@@ -355,7 +333,6 @@ def load(config_path: str | None = None, *, db_path: str | None = None,
         max_retries=get("api", "max_retries"),  # type: ignore[arg-type]
         max_response_bytes=get("api", "max_response_mb") * 1024 * 1024,  # type: ignore[operator]
         allow_insecure_http=allow_insecure,
-        max_requests_per_hour=budget,
         db_path=(db_path or _stripped(env, "SYNCER_DB")
                  or get("store", "path")),  # type: ignore[arg-type]
         on_delete=on_delete,  # type: ignore[arg-type]
@@ -386,17 +363,6 @@ def display_zone(flag: str | None, env_value: str | None, file_values: dict,
         return zones.parse_zone(spec)
     except ValueError as e:
         raise ConfigError(f"{where}: {e}") from None
-
-
-def request_budget(flag: str | None, env_value: str | None, file_values: dict,
-                   source: str) -> int | None:
-    """--max-requests-per-hour > SYNCER_MAX_REQUESTS_PER_HOUR > [api].max_requests_per_hour
-    (checked when the file was read) > auto (None)."""
-    if flag is not None:
-        return check_budget(flag, "--max-requests-per-hour")
-    if env_value:
-        return check_budget(env_value, BUDGET_ENV)
-    return file_values.get("api", {}).get("max_requests_per_hour")
 
 
 def _as_seconds(value: object) -> float:

@@ -20,8 +20,7 @@ log = logging.getLogger(__name__)
 
 # Values the environment (or --db) can set, and from where.
 ENV_FOR = {("api", "base_url"): "RUNTYPE_BASE_URL", ("api", "key"): config.API_KEY_ENV,
-           ("store", "path"): "SYNCER_DB", ("display", "tz"): config.TZ_ENV,
-           ("api", "max_requests_per_hour"): config.BUDGET_ENV}
+           ("store", "path"): "SYNCER_DB", ("display", "tz"): config.TZ_ENV}
 RATE_HEADERS = ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
 
 
@@ -196,28 +195,3 @@ def _check_api(report: Report, settings: config.Settings, transport) -> None:
     else:
         report.add(True, f"rate limit: {limit} requests a window, {remaining} left, "
                          f"window resets in {reset}s")
-    _check_budget(report, settings, client.pacer.announced)
-
-
-def _check_budget(report: Report, settings: config.Settings,
-                  announced: tuple[float, float] | None) -> None:
-    """The allowance the server announces, per hour, and the share of it syncer takes."""
-    from .budget import per_hour
-    auto, hourly = per_hour(announced)
-    takes = settings.max_requests_per_hour or auto
-    how = ("[api].max_requests_per_hour" if settings.max_requests_per_hour
-           else "auto: half the announced allowance" if hourly else
-           "auto: the server announces no allowance")
-    if hourly is None:
-        report.add(True, f"request budget: syncer takes {takes:,} requests an hour ({how})")
-        return
-    limit, window = announced
-    share = takes / hourly * 100 if hourly else 0
-    text = (f"request budget: the server announces {hourly:,} requests an hour ({limit:,.0f} "
-            f"per {window:g} s); syncer takes {takes:,} of {hourly:,} requests an hour "
-            f"({share:.0f} %) ({how})")
-    if takes > hourly:
-        report.add(False, text + ": more than the server allows; lower "
-                                 "[api].max_requests_per_hour")
-    else:
-        report.add(True, text)

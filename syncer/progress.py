@@ -5,13 +5,8 @@ queued and how many messages the mirror holds (`queued`, `held_messages`, and `w
 covers the whole list rather than stopping at the watermark); on every list page, how far the
 walk is (`walk` numbers the walk, `walked`, `total`); as each conversation is read, how many
 were (`fetched`, and `read` messages); after every committed batch, the messages written
-(`messages`: the writer commits in batches, seconds apart, so the rate is of messages read);
-the dirty conversations listed so far (`dirty`), which are to be fetched.
-The runner adds the requests made and the hourly request budget (`requests`, `budget`,
-`budget_left`, and `budget_wait` when a wait for the budget begins or ends): the line shows the
-wait, and the ETA is never less than the budget allows for the requests still to make.
-A `Tally` gathers them from any thread and works out the elapsed time, the recent rate and the
-time left. Two readers:
+(`messages`: the writer commits in batches, seconds apart, so the rate is of messages read). A `Tally` gathers them from any thread and works out the elapsed
+time, the recent rate and the time left. Two readers:
 - `TerminalLine`, the live line of `syncer sync` at the bottom of a terminal's stderr. Anything
   else written to stderr meanwhile (a log record, a signal's warning) first wipes the line, which
   is drawn again after, so nothing glues onto it.
@@ -34,8 +29,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .budget import minutes as budget_minutes
-
 RECENT = 20.0       # seconds of history behind the rate and the ETA
 REDRAW = 0.2        # seconds between two drawings of the terminal line
 
@@ -53,9 +46,6 @@ class Snapshot:
     held_messages: int | None    # messages the mirror held when the run began
     rate: float | None           # messages read per second, recently
     eta: float | None            # seconds left, when the work is known
-    requests: int | None = None  # requests this run made (None: not reported)
-    budget: int | None = None    # the request budget per hour
-    budget_wait: float | None = None   # seconds left of a wait for the request budget
 
     @property
     def resumed(self) -> bool:
@@ -75,10 +65,8 @@ class Tally:
         self._lock = threading.Lock()
         self._walk = 0
         self._v = {"walked": 0, "total": None, "whole": False, "fetched": 0, "read": 0,
-                   "messages": 0, "queued": 0, "held_messages": None, "dirty": 0}
+                   "messages": 0, "queued": 0, "held_messages": None}
         self._recent: deque[tuple[float, int, int]] = deque([(self._started, 0, 0)])
-        self._budget = {"requests": None, "budget": None, "budget_left": None}
-        self._wait_until: float | None = None
 
     def update(self, info: dict) -> None:
         with self._lock:
@@ -88,35 +76,9 @@ class Tally:
             for key in ("walked", "fetched", "read", "messages"):   # reported from threads
                 if info.get(key) is not None:
                     self._v[key] = max(self._v[key], info[key])
-            for key in ("total", "whole", "queued", "held_messages", "dirty"):
+            for key in ("total", "whole", "queued", "held_messages"):
                 if key in info:
                     self._v[key] = info[key]
-            self._update_budget(info)
-
-    def _update_budget(self, info: dict) -> None:
-        """Requests made, the budget and its waits (runner.with_requests reports them)."""
-        if info.get("requests") is not None:
-            self._budget["requests"] = max(self._budget["requests"] or 0, info["requests"])
-        for key in ("budget", "budget_left"):
-            if info.get(key) is not None:
-                self._budget[key] = info[key]
-        if "budget_wait" in info:
-            wait = info["budget_wait"]
-            self._wait_until = self._clock() + wait if wait else None
-
-    def _budget_eta(self, done: int, work: int | None) -> float | None:
-        """Seconds the work left needs at the budget: the requests it will take (at this run's
-        requests per fetched conversation so far, for the queued and dirty ones not fetched
-        yet and, in a whole walk, the ones not listed yet) beyond what the last hour leaves,
-        at the budget's rate. None when that is not known or the budget does not limit."""
-        b, v = self._budget, self._v
-        if not v["fetched"] or not b["requests"] or not b["budget"]:
-            return None
-        left = max(v["queued"] + v["dirty"] - v["fetched"], 0)
-        left += max(work - done, 0) if work is not None else 0
-        needed = b["requests"] / v["fetched"] * left
-        beyond = needed - max(b["budget_left"] or 0, 0)
-        return beyond / b["budget"] * 3600 if beyond > 0 else None
 
     def _work(self) -> tuple[int, int | None]:
         """(done, to do) in conversations: what earlier runs left queued, then the list."""
@@ -141,16 +103,11 @@ class Tally:
             eta = None
             if work is not None and span >= 1.0 and done > done_then:
                 eta = max(work - done, 0) / ((done - done_then) / span)
-            at_budget = self._budget_eta(done, work)
-            if at_budget is not None:
-                eta = max(eta or 0.0, at_budget)
-            wait = None if self._wait_until is None else max(self._wait_until - now, 0.0)
             return Snapshot(elapsed=now - self._started, walked=v["walked"], total=v["total"],
                             whole=v["whole"], fetched=v["fetched"], read=v["read"],
                             messages=v["messages"],
                             queued=v["queued"], held_messages=v["held_messages"], rate=rate,
-                            eta=eta, requests=self._budget["requests"],
-                            budget=self._budget["budget"], budget_wait=wait)
+                            eta=eta)
 
 
 def clock(seconds: float) -> str:
@@ -193,12 +150,7 @@ def parts(s: Snapshot) -> list[tuple[str, int, str, int]]:
     out.append((f"{messages} ({s.messages:,} written{held})", 3, messages, 8))
     if s.rate is not None:
         out.append((f"{s.rate:,.0f} msg/s", 5, "", 0))
-    if s.requests is not None:
-        out.append((f"{_n(s.requests, 'request', 'requests')}", 9, "", 0))
-    if s.budget_wait is not None:
-        out.append((f"waiting for the request budget: {budget_minutes(s.budget_wait)}", 2,
-                    f"budget wait {budget_minutes(s.budget_wait)}", 5))
-    if s.finishing and s.budget_wait is None:
+    if s.finishing:
         out.append(("finishing", 4, "", 0))
     elif s.eta is not None:
         out.append((f"ETA {clock(s.eta)}", 4, "", 0))
@@ -227,11 +179,7 @@ def summary_text(s: Snapshot) -> str:
             f"({s.messages:,} written)")
     if s.rate is not None:
         text += f", {s.rate:,.0f} msg/s"
-    if s.requests is not None:
-        text += f", {_n(s.requests, 'request', 'requests')}"
-    if s.budget_wait is not None:
-        text += f", waiting for the request budget: {budget_minutes(s.budget_wait)}"
-    if s.eta is not None and (not s.finishing or s.budget_wait is not None):
+    if s.eta is not None and not s.finishing:
         text += f", about {clock(s.eta)} left"
     return text
 

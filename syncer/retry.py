@@ -1,16 +1,9 @@
-"""When to retry, how long to wait, and pacing from rate-limit headers. With budget.py (the
-hourly request budget), the only sleeper.
+"""When to retry, how long to wait, and pacing from rate-limit headers. The only sleeper.
 
-Waits are exponential with full jitter, capped (`backoff`). `throttle_wait` decides the wait
-before retrying a 429, 408 or 5xx, and whether it holds back every thread or only the request
-that got it: a `Retry-After` is waited as asked (on a 429, by every thread); a 429 whose
-`X-RateLimit-Remaining` is 0 with a known reset holds every thread until the reset (the key's
-allowance is spent); anything else (a 429 with allowance left or no headers at all, a 5xx)
-backs off only its own request, at most until the announced reset. A rate-limit reset is never
-a reason to wait for a 429 that did not spend the allowance: a server that throttles bursts or
-fails now and then would otherwise stall every thread for a whole window per answer. The Pacer
-spreads the requests left in the current rate-limit window over the time left in it, so that a
-long sync uses its allowance without living on 429s.
+Waits are exponential with full jitter, capped; a `Retry-After` (or, failing that, the
+`X-RateLimit-Reset` header) from the server overrides the computed wait. The Pacer spreads the
+requests left in the current rate-limit window over the time left in it, so that a long sync
+uses its allowance without living on 429s; a 429 pauses every thread until the server's reset.
 
 A reset or Retry-After given as a point in time is read on the server's clock (its `Date`
 header, or the ServerClock's estimate from earlier answers), never on ours: a skew between the
@@ -22,19 +15,14 @@ import random
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 MAX_WAIT = 60.0          # seconds: the longest single wait, whatever the server asks for
-WINDOW_CAP = 86400.0     # seconds: the longest rate-limit window believed (not a wait)
 _RESERVE_SHARE = 0.05    # of the window's limit, kept back for other clients of the same key
 _EPOCH = 1e9             # a reset above this is a Unix time, not a number of seconds
-BACKOFF_BASE = 0.25      # seconds: the first retry of a timeout or 5xx waits up to twice this
-THROTTLE_BASE = 0.05     # seconds: the same for a 429 that tells nothing (see throttle_wait)
-BACKOFF_CAP = 8.0        # seconds: the longest computed backoff
 
 
-def backoff(attempt: int, *, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
+def backoff(attempt: int, *, base: float = 0.25, cap: float = 8.0) -> float:
     """Seconds to wait before retry number `attempt` (1-based): full jitter."""
     return random.uniform(0, min(cap, base * 2 ** attempt))
 
@@ -71,16 +59,15 @@ def _capped(seconds: float) -> float:
     return max(0.0, min(seconds, MAX_WAIT))
 
 
-def reset_seconds(headers: Mapping[str, str], now: float | None = None, *,
-                  cap: float = MAX_WAIT) -> float | None:
-    """X-RateLimit-Reset as seconds from now, capped at `cap`; the header may be a delay or a
-    Unix time. A Unix time is read against `now`, the server's time (see _server_now)."""
+def reset_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """X-RateLimit-Reset as seconds from now, capped; the header may be a delay or a Unix time.
+    A Unix time is read against `now`, the server's time (see _server_now)."""
     reset = _number(headers.get("x-ratelimit-reset"))
     if reset is None:
         return None
     if reset > _EPOCH:
         reset = reset - _server_now(headers, now)
-    return max(0.0, min(reset, cap))
+    return _capped(reset)
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -94,45 +81,6 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     if until is not None:
         return _capped(until - _server_now(headers, now))
     return reset_seconds(headers, now)
-
-
-@dataclass(frozen=True)
-class Throttle:
-    """The wait before retrying one answer, and whether every thread waits it too."""
-    seconds: float
-    everyone: bool
-
-
-def _asked(headers: Mapping[str, str], now: float | None) -> float | None:
-    """Retry-After (seconds or an HTTP date) as seconds from now, capped; None without one."""
-    value = headers.get("retry-after")
-    wait = _number(value)
-    if wait is not None:
-        return _capped(wait)
-    until = http_date(value)
-    return None if until is None else _capped(until - _server_now(headers, now))
-
-
-def throttle_wait(status: int, headers: Mapping[str, str], attempt: int,
-                  now: float | None = None) -> Throttle:
-    """How long to wait before retry number `attempt` of an answer of `status` (429, 408 or
-    5xx) with these headers; `now` is the server's time (see reset_seconds).
-
-    A 429 with no Retry-After and allowance left (or no rate-limit headers) is a burst or a
-    transient refusal, not the key's allowance: a short backoff of its own, growing with the
-    attempts (THROTTLE_BASE doubling), so a server that keeps refusing is soon asked seconds
-    apart, while the other threads go on."""
-    asked = _asked(headers, now)
-    if asked is not None:
-        return Throttle(asked, status == 429)
-    reset = reset_seconds(headers, now)
-    remaining = _number(headers.get("x-ratelimit-remaining"))
-    if status == 429 and reset is not None and remaining is not None and remaining < 1:
-        return Throttle(reset, True)
-    wait = backoff(attempt, base=THROTTLE_BASE if status == 429 else BACKOFF_BASE)
-    if status == 429 and reset is not None:
-        wait = min(wait, reset)       # the window starts afresh by then
-    return Throttle(wait, False)
 
 
 class ServerClock:
@@ -183,8 +131,6 @@ class Pacer:
         self._next = 0.0
         self._interval = 0.0
         self._window = 0.0
-        self._limit: float | None = None
-        self.held = 0.0          # seconds every thread was held back (allowance spent, 429s)
 
     def wait(self, stop: threading.Event | None = None) -> None:
         with self._lock:
@@ -201,38 +147,21 @@ class Pacer:
         """Take one answer's rate-limit headers; `now` is the server's time (see reset_seconds)."""
         limit = _number(headers.get("x-ratelimit-limit"))
         remaining = _number(headers.get("x-ratelimit-remaining"))
-        reset = reset_seconds(headers, now, cap=WINDOW_CAP)   # the window: an hour is an hour
+        reset = reset_seconds(headers, now)
         if limit is None or remaining is None or reset is None or limit < 1:
             return
         reserve = max(1.0, limit * _RESERVE_SHARE)
         with self._lock:
             self._window = max(self._window, reset)
-            self._limit = limit
             self._interval = self._window / max(limit - reserve, 1.0)
             if remaining <= 1:
-                self._hold(time.monotonic() + _capped(reset))
+                self._next = max(self._next, time.monotonic() + reset)
 
     @property
     def interval(self) -> float:
         return self._interval
 
-    @property
-    def announced(self) -> tuple[float, float] | None:
-        """(requests, seconds): the allowance the server announces, X-RateLimit-Limit per the
-        window estimated as above; None until an answer carried the headers."""
-        with self._lock:
-            if self._limit is None or self._window <= 0:
-                return None
-            return self._limit, self._window
-
     def pause(self, seconds: float) -> None:
-        """Hold every thread back: the server said 429 and how long to wait."""
+        """Hold every thread back: the server said 429."""
         with self._lock:
-            self._hold(time.monotonic() + _capped(seconds))
-
-    def _hold(self, until: float) -> None:
-        """Call with the lock held: no request before `until`; counts the time added."""
-        start = max(self._next, time.monotonic())
-        if until > start:
-            self.held += until - start
-            self._next = until
+            self._next = max(self._next, time.monotonic() + _capped(seconds))

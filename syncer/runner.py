@@ -7,15 +7,12 @@ import hashlib
 import sqlite3
 import threading
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
 
 from . import binding, lock
 from .api import RuntypeClient
-from .budget import HOUR, Budget
 from .config import Settings
 from .store import Store
 from .sync import Summary, Sync
-from .transform import format_instant, parse_instant
 
 STATE_GAPS = "gaps_reported"     # a digest of the incomplete conversations the last run left
 
@@ -32,10 +29,8 @@ def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | 
             binding.check(store, settings, rebind=rebind)
             stop = bounds.stop if bounds is not None else stop or threading.Event()
             with RuntypeClient(settings, transport=transport, stop=stop, bounds=bounds) as client:
-                count_earlier_runs(client.budget, store)
                 summary = Sync(settings, store, client, full=full, stop=stop,
-                               progress=with_requests(progress, client),
-                               max_delete=max_delete).run()
+                               progress=progress, max_delete=max_delete).run()
             summary.gaps_changed = _note_gaps(store, summary.gaps)
             if summary.counts.get("pages") and summary.outcome != "auth_failed":
                 binding.record(store, settings)
@@ -45,30 +40,6 @@ def run_sync(settings: Settings, *, full: bool = False, stop: threading.Event | 
             return summary
         finally:
             store.close()
-
-
-def count_earlier_runs(budget: Budget, store: Store) -> None:
-    """Charge the budget with the requests of the runs that ended in the last hour."""
-    now = datetime.now(timezone.utc)
-    since = format_instant(now - timedelta(seconds=HOUR))
-    budget.count_earlier([((now - parse_instant(ended)).total_seconds(), requests)
-                          for ended, requests in store.requests_since(since)])
-
-
-def with_requests(progress: Callable[[dict], None] | None,
-                  client: RuntypeClient) -> Callable[[dict], None] | None:
-    """The engine's progress reports, with the requests made and the budget's state added
-    (and a report of its own whenever a wait for the budget begins or ends)."""
-    if progress is None:
-        return None
-    budget = client.budget
-
-    def report(info: dict) -> None:
-        progress({**info, "requests": client.counters.requests, "budget": budget.per_hour,
-                  "budget_left": budget.per_hour - budget.used()})
-
-    budget.on_wait = lambda seconds: report({"budget_wait": seconds})
-    return report
 
 
 def _note_gaps(store: Store, gaps: list[tuple[str, int, int]]) -> bool:

@@ -644,12 +644,6 @@ class Store:
             names = [d[0] for d in cur.description]
             return dict(zip(names, cur.fetchone()))
 
-    def requests_since(self, since: str) -> list[tuple[str, int]]:
-        """(when it ended, requests made) of every run that ended at or after `since` (a
-        store timestamp) having made requests: what counts against the hourly budget."""
-        return self._rows("SELECT finished_at, requests FROM _sync_runs "
-                          "WHERE finished_at >= ? AND requests > 0", (since,))
-
     def watermark(self, scope: str | None) -> str | None:
         """The newest watermark a run of this scope committed: every change before it, within
         the scope, is in the mirror. Another scope's watermark says nothing of this one."""

@@ -123,7 +123,6 @@ class Sync:
         self._lock = threading.Lock()
         self._walks = 0                           # walks of the list so far, for progress
         self._read = [0, 0]                       # conversations and messages read, for progress
-        self._dirty_listed = 0                    # dirty conversations the walks listed
         self._counts = {"conversations_changed": 0, "conversations_deleted": 0,
                         "conversations_failed": 0, "messages_written": 0, "gaps": 0,
                         "rejects": 0, "pages": 0, "conversations_seen": 0, "anomalies": 0,
@@ -314,10 +313,8 @@ class Sync:
             walk.listed.update(r["id"] for r in step.page.records
                                if isinstance(r, dict) and isinstance(r.get("id"), str))
             order.feed(rows, held)
-            self._dirty_listed += len(dirty)
             self._report({"walk": self._walks, "walked": len(walk.seen),
-                          "total": None if total is None else before + total,
-                          "dirty": self._dirty_listed})
+                          "total": None if total is None else before + total})
             for cid, new in dirty:
                 pending = self._submit(pool, pending, cid, new=new)
             if step.suspect_end:
